@@ -1,0 +1,354 @@
+"""One analog crossbar tile: weights as conductance pairs, a DAC on the rows, an ADC on the columns.
+
+The physics of the MVM (DAC/ADC quantisation, output noise, noise and bound management) and of the
+pulsed update (stochastic pulse trains, device response with its variations) comes from the aihwkit
+preset named by the device profile. Two engines execute it:
+
+* ``engine="aihwkit"``: aihwkit's own C++ ``AnalogTile`` (the reference; CPU, sample by sample);
+* ``engine="torch"``: :class:`analogff.pulsed.TorchPulsedEngine`, the same preset physics in batched
+  torch code (fast, CPU and CUDA, seedable), validated against the reference in ``tests/``.
+
+Units. The tile holds normalised device weights ``w`` in the device model's range (aihwkit units,
+about [-1, 1]); the layer sees *logical* weights ``W = w_scale * w`` where the digital scale
+``w_scale`` is fixed when the crossbar is built. A device at its upper bound has conductance
+``g_max_S``; a device at weight 0 has ``g_min_S``. Inputs are applied as row voltages up to
+``read_voltage_V``; outputs are ADC codes converted back to logical units.
+
+Forward-Forward needs no transposed MVM: :meth:`Crossbar.update` takes the layer's own input and local
+error and never reads the array backwards, so ``counters.backward_adc_conversions`` stays 0.
+:meth:`Crossbar.backward` exists only for the analog backprop reference and is counted separately.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .devices import DeviceProfile, load_device
+from .energy import OpCounts
+
+ENGINES = ("aihwkit", "torch")
+
+
+class CrossbarEngine(Protocol):
+    """What an engine executes, all in normalised device-weight units (tile units)."""
+
+    def forward(self, x: Tensor, is_test: bool) -> Tensor: ...
+    def backward(self, d: Tensor) -> Tensor: ...
+    def update(self, x: Tensor, d: Tensor, lr: float) -> None: ...
+    def get_weights(self) -> Tensor: ...
+    def set_weights(self, w: Tensor) -> None: ...
+    def device_state(self) -> dict[str, Tensor]: ...
+    def state(self) -> dict[str, Any]: ...
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+class AihwkitEngine:
+    """aihwkit's ``AnalogTile`` called directly: forward, backward and pulsed update, no autograd.
+
+    aihwkit seeds its C++ random generator from the clock and does not expose the seed, so this
+    engine is stochastic run to run; ``seed`` only fixes the device-to-device variations
+    (``construction_seed``). Pulse counting is CUDA-only in aihwkit, so :class:`Crossbar` counts
+    the expected pulses of the same pulse trains (:func:`analogff.pulsed.expected_pulses`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rpu_config: Any, seed: int):
+        from aihwkit.simulator.tiles import AnalogTile
+
+        _set_construction_seed(rpu_config.device, seed + 1)  # 0 means "random" in aihwkit
+        self.rpu_config = rpu_config
+        self.tile = AnalogTile(out_features, in_features, rpu_config, bias=False)
+
+    def forward(self, x: Tensor, is_test: bool) -> Tensor:
+        return self.tile.joint_forward(x.detach().float().cpu().contiguous(), is_test=is_test)
+
+    def backward(self, d: Tensor) -> Tensor:
+        return self.tile.backward(d.detach().float().cpu().contiguous())
+
+    def update(self, x: Tensor, d: Tensor, lr: float) -> None:
+        self.tile.set_learning_rate(lr)
+        self.tile.update(x.detach().float().cpu().contiguous(), d.detach().float().cpu().contiguous())
+
+    def get_weights(self) -> Tensor:
+        return self.tile.tile.get_weights().clone()
+
+    def set_weights(self, w: Tensor) -> None:
+        self.tile.tile.set_weights(w.detach().float().cpu().contiguous())
+
+    def device_state(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.tile.get_hidden_parameters().items()}
+
+    def state(self) -> dict[str, Any]:
+        """The whole tile (weights, device parameters, mixed-precision accumulator), as aihwkit pickles it."""
+        import copy
+
+        return {"tile": copy.deepcopy(self.tile.__getstate__())}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        import copy
+
+        self.tile.__setstate__(copy.deepcopy(state["tile"]))
+
+
+def _set_construction_seed(device_config: Any, seed: int) -> None:
+    """Set ``construction_seed`` on a device config and every device it contains."""
+    if hasattr(device_config, "construction_seed"):
+        device_config.construction_seed = seed
+    for attr in ("device", "unit_cell_devices"):
+        inner = getattr(device_config, attr, None)
+        for dev in inner if isinstance(inner, list) else [inner]:
+            if dev is not None and dev is not device_config:
+                _set_construction_seed(dev, seed)
+
+
+class Crossbar(nn.Module):
+    """An analog tile of ``out_features x in_features`` conductance pairs with DAC, ADC and counters.
+
+    Args:
+        in_features: rows (inputs, DAC channels).
+        out_features: columns (outputs, ADC channels).
+        device: a :class:`DeviceProfile` or the path of a profile TOML file.
+        seed: seeds the initial weights and the device-to-device variations.
+        engine: ``"aihwkit"`` (reference) or ``"torch"`` (fast, batched).
+        init_range: initial weights are drawn so that their largest magnitude is this fraction of the
+            device's upper weight bound; it sets ``w_scale`` (logical weights per device unit).
+        w_scale: override the digital scale directly (logical units per normalised device unit).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        device: DeviceProfile | str | Path,
+        seed: int = 0,
+        engine: str = "aihwkit",
+        init_range: float = 0.3,
+        w_scale: float | None = None,
+    ):
+        super().__init__()
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        self.profile = device if isinstance(device, DeviceProfile) else load_device(device)
+        self.in_features, self.out_features, self.engine_name = in_features, out_features, engine
+        self.rpu_config = self.profile.rpu_config()
+        self.mixed_precision = type(self.rpu_config.device).__name__ == "MixedPrecisionCompound"
+        w_min, w_max = self.profile.weight_range()
+        self.w_bound = min(abs(w_min), w_max)  # nominal usable magnitude, device units
+        init_bound = 1.0 / math.sqrt(in_features)  # torch.nn.Linear's default init bound, logical
+        self.w_scale = float(w_scale) if w_scale is not None else init_bound / (init_range * self.w_bound)
+        self.seed = seed
+        self.counters = OpCounts()
+        self._gsum_cache: Tensor | None = None
+        self._drift: dict[str, Any] | None = None
+
+        if engine == "aihwkit":
+            self.engine: CrossbarEngine = AihwkitEngine(in_features, out_features, self.rpu_config, seed)
+        else:
+            from .pulsed import TorchPulsedEngine
+
+            self.engine = TorchPulsedEngine(in_features, out_features, self.rpu_config, seed)
+        gen = torch.Generator().manual_seed(seed)
+        w0 = (torch.rand(out_features, in_features, generator=gen) * 2 - 1) * init_bound
+        self.set_weights(w0)
+
+    # -- the three things a layer does -----------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Analog MVM: activities (B, in) -> ADC outputs in logical units (B, out)."""
+        x2 = self._check_input(x, self.in_features, "x")
+        self._count_forward(x2)
+        y = self.engine.forward(x2, is_test=not self.training)
+        return (y * self.w_scale).to(x.device).reshape(*x.shape[:-1], self.out_features)
+
+    def update(self, x: Tensor, d: Tensor, lr: float) -> None:
+        """Local rank-one update ``W <- W - lr * d^T x`` applied as device pulses (no transposed MVM).
+
+        Args:
+            x: the layer input of the forward pass, (B, in).
+            d: the local error dLoss/dy per output unit, (B, out), in logical units.
+            lr: learning rate in logical weight units.
+        """
+        from .pulsed import expected_pulses, weight_granularity
+
+        if self._drift is not None:
+            raise RuntimeError("this crossbar is in drift (inference) mode; call reset_drift() before training")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+        x2 = self._check_input(x, self.in_features, "x")
+        d2 = self._check_input(d, self.out_features, "d")
+        if x2.shape[0] != d2.shape[0]:
+            raise ValueError(f"x and d must have the same batch size, got {x2.shape[0]} and {d2.shape[0]}")
+        tile_lr = lr / self.w_scale  # device units: w <- w - tile_lr * d^T x
+        b = x2.shape[0]
+        if self.mixed_precision:
+            # aihwkit's MixedPrecisionCompound accumulates d^T x digitally in chi (one MAC per
+            # device per sample, chi read and written once per batch in fp32) and pulses a device
+            # only when |chi| passes its step: those pulses are |dw| / dw_min.
+            self.counters.digital_macs += b * self.in_features * self.out_features
+            self.counters.sram_bytes += 2 * 4 * self.in_features * self.out_features
+        if self.engine_name == "aihwkit":
+            if self.mixed_precision:
+                w_before = self.engine.get_weights()
+                self.engine.update(x2, d2, tile_lr)
+                steps = (self.engine.get_weights() - w_before).abs().sum() / weight_granularity(self.rpu_config.device)
+                self.counters.update_pulses += int(round(float(steps)))
+            else:
+                self.counters.update_pulses += int(round(float(expected_pulses(x2, d2, tile_lr, self.rpu_config).sum())))
+                self.engine.update(x2, d2, tile_lr)
+        else:
+            self.counters.update_pulses += int(self.engine.update(x2, d2, tile_lr))
+        self.counters.updates += b
+        self._gsum_cache = None
+
+    def backward(self, d: Tensor) -> Tensor:
+        """Transposed MVM d @ W (B, out) -> (B, in), through DAC and ADC. Only analog backprop uses it."""
+        d2 = self._check_input(d, self.out_features, "d")
+        b = d2.shape[0]
+        self.counters.backward_mvms += b
+        self.counters.backward_dac_conversions += b * self.out_features
+        self.counters.backward_adc_conversions += b * self.in_features
+        self.counters.device_reads += 2 * b * self.in_features * self.out_features
+        return self.engine.backward(d2) * self.w_scale
+
+    # -- weights and conductances ----------------------------------------------------------------
+    def get_weights(self) -> Tensor:
+        """Logical weights (out, in), as stored on the array (drifted, in drift mode)."""
+        return self.engine.get_weights() * self.w_scale
+
+    def set_weights(self, weights: Tensor) -> None:
+        """Program logical weights (out, in) exactly (clipped to the device bounds)."""
+        w = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
+        if w.shape != (self.out_features, self.in_features):
+            raise ValueError(f"weights must have shape {(self.out_features, self.in_features)}, got {tuple(w.shape)}")
+        self.engine.set_weights(w / self.w_scale)
+        self._gsum_cache = None
+
+    def conductances(self) -> tuple[Tensor, Tensor]:
+        """(G+, G-) in siemens (float64), each (out, in), within [g_min_S, g_max_S].
+
+        Each device's own bound (device-to-device variation included) maps to ``g_max_S`` and weight
+        0 to ``g_min_S``. For a one-sided pair (PCM preset) the two hidden device weights are used
+        directly; otherwise the weight's sign selects the device that carries it.
+        """
+        p = self.profile.physics
+        gp_rel, gm_rel = (g.double() for g in self._relative_conductances())
+        span = p.g_max_S - p.g_min_S
+        return (p.g_min_S + span * gp_rel).clamp(p.g_min_S, p.g_max_S), \
+            (p.g_min_S + span * gm_rel).clamp(p.g_min_S, p.g_max_S)
+
+    def _relative_conductances(self) -> tuple[Tensor, Tensor]:
+        """(G+, G-) as fractions in [0, 1] of the programmable span g_max - g_min."""
+        state = self.engine.device_state()
+        w = self.engine.get_weights()
+        if "hidden_weights_0" in state and "max_bound_0" in state:  # one-sided pair (PCM)
+            gp = state["hidden_weights_0"] / state["max_bound_0"].clamp(min=1e-12)
+            gm = state["hidden_weights_1"] / state["max_bound_1"].clamp(min=1e-12)
+        else:
+            upper = state.get("max_bound", torch.full_like(w, self.w_bound)).abs().clamp(min=1e-12)
+            lower = state.get("min_bound", torch.full_like(w, -self.w_bound)).abs().clamp(min=1e-12)
+            gp, gm = w.clamp(min=0) / upper, (-w).clamp(min=0) / lower
+        return gp.clamp(0, 1), gm.clamp(0, 1)
+
+    # -- drift: inference t seconds after programming ---------------------------------------------
+    def drift_to(self, t_seconds: float, seed: int | None = None, compensate: bool = True) -> None:
+        """Put the array in inference mode ``t_seconds`` after programming its current weights.
+
+        Uses the profile's aihwkit inference noise model (``[inference] noise_model``): programming
+        noise and drift coefficients are drawn once per programming, then conductance drift
+        ``G(t) = G (t/t0)^-nu`` and accumulated read noise are applied for ``t_seconds``. With
+        ``compensate`` a global digital gain restores the mean |W| (aihwkit's global drift
+        compensation idea). :meth:`reset_drift` restores the trained weights.
+        """
+        model = self.profile.inference_noise_model()
+        if model is None:
+            raise ValueError(
+                f"device profile {self.profile.name!r} has no [inference] noise_model; "
+                "add e.g. noise_model = \"PCMLikeNoiseModel\" to its TOML file"
+            )
+        if t_seconds < 0 or not math.isfinite(t_seconds):
+            raise ValueError(f"t_seconds must be a finite number >= 0, got {t_seconds!r}")
+        gen_seed = self.seed + 7919 if seed is None else seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(gen_seed)
+            if self._drift is None:
+                trained = self.engine.get_weights()
+                state = self.engine.device_state()
+                gp_rel, gm_rel = self._relative_conductances()
+                g_max_uS = self.profile.physics.g_max_S * 1e6
+                g_target = torch.stack([gp_rel, gm_rel]) * g_max_uS  # uS, as aihwkit's models expect
+                g_prog = model.apply_programming_noise_to_conductance(g_target)
+                nu = model.generate_drift_coefficients(g_target)
+                upper = state.get("max_bound", torch.full_like(trained, self.w_bound)).abs()
+                lower = state.get("min_bound", torch.full_like(trained, -self.w_bound)).abs()
+                self._drift = {"trained": trained, "g_prog": g_prog, "nu": nu, "upper": upper,
+                               "lower": lower, "g_max_uS": g_max_uS}
+            dr = self._drift
+            g_t = model.apply_drift_noise_to_conductance(dr["g_prog"], dr["nu"], float(t_seconds))
+            rel = (g_t / dr["g_max_uS"]).clamp(min=0)
+            w_t = rel[0] * dr["upper"] - rel[1] * dr["lower"]
+        if compensate:
+            w_t = w_t * (dr["trained"].abs().sum() / w_t.abs().sum().clamp(min=1e-12))
+        self.engine.set_weights(w_t)
+        self._gsum_cache = None
+
+    def reset_drift(self) -> None:
+        """Leave drift mode: restore the weights as trained."""
+        if self._drift is not None:
+            self.engine.set_weights(self._drift["trained"])
+            self._drift = None
+            self._gsum_cache = None
+
+    # -- counting ---------------------------------------------------------------------------------
+    def _count_forward(self, x: Tensor) -> None:
+        b = x.shape[0]
+        c = self.counters
+        c.mvms += b
+        c.dac_conversions += b * self.in_features
+        c.adc_conversions += b * self.out_features
+        c.device_reads += 2 * b * self.in_features * self.out_features
+        # read power sum_i V_i^2 * sum_j (G+_ji + G-_ji): voltages are the DAC inputs scaled as the
+        # preset's noise management does (abs-max per vector) onto the read voltage.
+        if self._gsum_cache is None:
+            gp, gm = self.conductances()
+            self._gsum_cache = (gp + gm).sum(0).double()  # (in,), S
+        io = self.rpu_config.forward
+        xd = x.detach().double().cpu()
+        if str(getattr(io.noise_management, "name", "")) == "ABS_MAX":
+            scale = xd.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+        else:
+            scale = torch.full((b, 1), float(io.inp_bound), dtype=torch.float64)
+        v = (xd / scale).clamp(-1, 1) * self.profile.physics.read_voltage_V
+        c.read_v2g_W += float((v.pow(2).sum(0) * self._gsum_cache).sum())
+
+    @staticmethod
+    def _check_input(t: Tensor, size: int, name: str) -> Tensor:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape[-1] != size:
+            raise ValueError(f"{name} must have last dimension {size}, got shape {tuple(t.shape)}")
+        t2 = t.reshape(-1, size)
+        if not torch.isfinite(t2).all():
+            raise ValueError(f"{name} contains NaN or inf; lower the learning rate or check the data")
+        return t2
+
+    # -- torch conventions ------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"engine": self.engine_name, "engine_state": self.engine.state(),
+                "counters": self.counters.as_dict(), "w_scale": self.w_scale}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state["engine"] != self.engine_name:
+            raise ValueError(f"state was saved with engine={state['engine']!r}, this crossbar uses {self.engine_name!r}")
+        self.engine.load_state(state["engine_state"])
+        self.w_scale = state["w_scale"]
+        self.counters = OpCounts(**state["counters"])
+        self._gsum_cache = None
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"device={self.profile.name}, engine={self.engine_name}, w_scale={self.w_scale:.4g}")

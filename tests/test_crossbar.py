@@ -1,0 +1,151 @@
+"""The crossbar: forward/update on every profile, physical ranges, counters, noise, drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from analogff.crossbar import ENGINES, Crossbar
+from analogff.devices import list_devices, load_device
+
+DEVICES = Path(__file__).resolve().parents[1] / "devices"
+PROFILES = list_devices(DEVICES)
+
+
+def batch(b: int, n: int, seed: int = 0, positive: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, n, generator=g)
+    return x if positive else x * 2 - 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_forward_update_ranges_and_counters(path, engine):
+    dev = load_device(path)
+    xbar = Crossbar(64, 32, device=dev, seed=0, engine=engine)
+    x = batch(8, 64)
+    y = xbar.forward(x)
+    assert y.shape == (8, 32) and torch.isfinite(y).all()
+    w_before = xbar.get_weights()
+    d = batch(8, 32, seed=1, positive=False)
+    xbar.update(x, d, lr=0.05)
+    xbar.update(x, d, lr=0.05)  # mixed precision transfers its accumulator on the next update
+    c = xbar.counters
+    assert c.backward_adc_conversions == 0 and c.backward_mvms == 0 and c.backward_dac_conversions == 0
+    assert c.update_pulses > 0 and c.updates == 16
+    assert c.mvms == 8 and c.dac_conversions == 8 * 64 and c.adc_conversions == 8 * 32
+    assert c.device_reads == 2 * 8 * 64 * 32 and c.read_v2g_W > 0
+    assert not torch.equal(w_before, xbar.get_weights())
+    gp, gm = xbar.conductances()
+    p = dev.physics
+    assert gp.shape == gm.shape == (32, 64)
+    assert float(gp.min()) >= p.g_min_S and float(gp.max()) <= p.g_max_S
+    assert float(gm.min()) >= p.g_min_S and float(gm.max()) <= p.g_max_S
+    c.reset()
+    assert c.mvms == 0 and c.read_v2g_W == 0.0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_update_moves_weights_in_the_sgd_direction(engine):
+    dev = load_device(DEVICES / "idealized.toml")
+    xbar = Crossbar(64, 32, device=dev, seed=0, engine=engine)
+    x, d = batch(16, 64), batch(16, 32, seed=3, positive=False)
+    w0 = xbar.get_weights()
+    lr = 0.002  # small enough that no pulse train is clipped at desired_bl (update management)
+    for _ in range(5):
+        xbar.update(x, d, lr)
+    dw = xbar.get_weights() - w0
+    expected = -5 * lr * d.T @ x
+    cos = torch.nn.functional.cosine_similarity(dw.flatten(), expected.flatten(), dim=0)
+    assert cos > 0.8, cos
+    assert 0.5 < float(dw.norm() / expected.norm()) < 1.5
+
+
+def ideal_periphery(name: str = "idealized.toml"):
+    """No DAC quantisation, no output noise, no bound management: only the ADC step remains."""
+    return load_device(DEVICES / name).with_overrides(
+        forward__inp_res=-1.0, forward__out_noise=0.0, forward__w_noise=0.0,
+        forward__bound_management="NONE", forward__noise_management="NONE",
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ideal_periphery_forward_is_xWT_within_adc_step(engine):
+    dev = ideal_periphery()
+    io = dev.rpu_config().forward
+    xbar = Crossbar(64, 32, device=dev, seed=0, engine=engine).eval()
+    x = batch(16, 64) * 0.5
+    y = xbar.forward(x)
+    exact = x @ xbar.get_weights().T
+    adc_step = io.out_res * 2 * io.out_bound * xbar.w_scale  # logical units
+    err = (y - exact).abs().max()
+    assert err <= adc_step / 2 + 1e-6, (float(err), adc_step)
+    assert err > 0  # the ADC really quantises
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_output_noise_matches_preset_out_noise(engine):
+    dev = load_device(DEVICES / "reram_sb.toml").with_overrides(
+        forward__inp_res=-1.0, forward__out_res=-1.0, forward__bound_management="NONE",
+    )
+    out_noise = dev.rpu_config().forward.out_noise
+    xbar = Crossbar(64, 32, device=dev, seed=0, engine=engine)
+    x = batch(1, 64)
+    x = x / x.abs().max()  # noise management scales by max|x| = 1
+    ys = torch.stack([xbar.forward(x)[0] for _ in range(400)]) / xbar.w_scale
+    std = ys.std(0).mean()
+    assert abs(float(std) / out_noise - 1) < 0.15, float(std)
+
+
+def test_pcm_drift_lowers_conductance_as_aihwkit_model_says():
+    dev = load_device(DEVICES / "pcm.toml")
+    xbar = Crossbar(64, 32, device=dev, seed=0)
+    for _ in range(3):
+        xbar.update(batch(8, 64), batch(8, 32, seed=5, positive=False), lr=0.05)
+    means = []
+    for t in (1.0, 3600.0, 86400.0 * 365):
+        xbar.drift_to(t, compensate=False)
+        gp, gm = xbar.conductances()
+        means.append(float((gp + gm).mean()))
+    assert means[0] > means[1] > means[2]
+    # G(t) = G(t0) ((t + t0)/t0)^-nu, nu in [0.049, 0.1] for PCMLikeNoiseModel, t0 = 20 s
+    ratio = means[2] / means[0]
+    t0 = 20.0
+    lo = ((86400.0 * 365 + t0) / (1 + t0)) ** -0.1
+    hi = ((86400.0 * 365 + t0) / (1 + t0)) ** -0.049
+    assert lo * 0.8 < ratio < hi * 1.2, (ratio, lo, hi)
+    xbar.reset_drift()
+    with pytest.raises(ValueError, match="noise_model"):
+        Crossbar(8, 4, device=load_device(DEVICES / "ecram.toml")).drift_to(10.0)
+
+
+def test_backward_is_counted_separately():
+    xbar = Crossbar(16, 8, device=load_device(DEVICES / "idealized.toml"), seed=0)
+    dx = xbar.backward(batch(4, 8, positive=False))
+    assert dx.shape == (4, 16)
+    c = xbar.counters
+    assert c.backward_mvms == 4 and c.backward_adc_conversions == 4 * 16 and c.mvms == 0
+
+
+def test_bad_inputs_are_rejected():
+    xbar = Crossbar(16, 8, device=load_device(DEVICES / "idealized.toml"), seed=0)
+    with pytest.raises(ValueError, match="last dimension 16"):
+        xbar.forward(torch.zeros(2, 15))
+    with pytest.raises(ValueError, match="NaN"):
+        xbar.update(torch.full((2, 16), float("nan")), torch.zeros(2, 8), 0.1)
+    with pytest.raises(ValueError, match="lr"):
+        xbar.update(torch.zeros(2, 16), torch.zeros(2, 8), -1.0)
+    with pytest.raises(ValueError, match="engine"):
+        Crossbar(16, 8, device=load_device(DEVICES / "idealized.toml"), engine="verilog")
+
+
+def test_state_dict_round_trip():
+    dev = load_device(DEVICES / "reram_sb.toml")
+    a = Crossbar(16, 8, device=dev, seed=0)
+    a.update(batch(4, 16), batch(4, 8, positive=False), 0.1)
+    b = Crossbar(16, 8, device=dev, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert torch.allclose(a.get_weights(), b.get_weights())
+    assert b.counters == a.counters
