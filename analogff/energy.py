@@ -668,3 +668,48 @@ def isaac_constants(**overrides: Any) -> EnergyConstants:
     at ISAAC's 1.67 pJ (``ISAAC_ADC_8BIT_J`` / 2^8 = 6.5 fJ per conversion step)."""
     return EnergyConstants().with_overrides(adc_model="walden", adc_point="custom",
                                             adc_walden_fom_J_per_step=ISAAC_ADC_8BIT_J / 2**8, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting across a module tree
+# ---------------------------------------------------------------------------------------------
+def counters_in(module: Any) -> list[OpCounts]:
+    """Every :class:`OpCounts` held as an attribute by ``module`` or its submodules (nn.Module tree)."""
+    found: list[OpCounts] = []
+    mods = module.modules() if hasattr(module, "modules") else [module]
+    for m in mods:
+        found += [v for v in vars(m).values() if isinstance(v, OpCounts) and all(v is not f for f in found)]
+    return found
+
+
+def total_counts(module: Any) -> OpCounts:
+    """The sum of every counter in a module tree (digital periphery and crossbars alike)."""
+    total = OpCounts()
+    for c in counters_in(module):
+        total += c
+    return total
+
+
+class measured:
+    """Context manager: count what the block does in ``module``, then restore the counters.
+
+        with measured(net) as m:
+            net.accuracy(x_test, y_test)
+        m.counts  # the inference counts; net's own counters are as before the block
+    """
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.counts = OpCounts()
+
+    def __enter__(self) -> "measured":
+        self._saved = [(c, c.copy()) for c in counters_in(self.module)]
+        for c, _ in self._saved:
+            c.reset()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.counts = total_counts(self.module)
+        for c, saved in self._saved:
+            c.reset()
+            c += saved

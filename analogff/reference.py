@@ -39,9 +39,9 @@ are ``bytes_per_value`` = 4 bytes, fp32, matching the energy model's default ``d
   (``classes`` compares per sample); weights read once per mini-batch (SRAM if they fit, else DRAM);
   every layer's output written and read back once (SRAM).
 
-The analog backprop variant (the same MLP on analog crossbars: forward MVM, transposed backward MVM
-through the ADC, pulsed update) belongs at the end of this module; it is added once
-``analogff/crossbar.py`` exists.
+:class:`AnalogBPNet` is the third point: the same MLP on analog crossbars trained the standard
+aihwkit way (forward MVM, transposed backward MVM through DAC and ADC, pulsed update), so the
+counters show what Forward-Forward's missing backward pass saves.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from torch import nn
 
 from analogff.energy import OpCounts
 
-__all__ = ["BPNet", "train_bp", "evaluate", "OPTIMIZER_OPS_PER_PARAM", "SOFTMAX_CE_OPS_PER_CLASS",
+__all__ = ["BPNet", "train_bp", "evaluate", "AnalogBPNet", "train_analog_bp", "evaluate_analog", "OPTIMIZER_OPS_PER_PARAM", "SOFTMAX_CE_OPS_PER_CLASS",
            "DEFAULT_SRAM_CAPACITY_BYTES"]
 
 #: Element-wise ops per parameter of one optimiser step (torch's foreach implementations):
@@ -307,8 +307,143 @@ def train_bp(net: BPNet, x_train: Any, y_train: Any, x_test: Any = None, y_test:
 
 
 # ---------------------------------------------------------------------------------------------
-# Analog backprop (aihwkit-style training on crossbars): to be added once analogff/crossbar.py
-# exists. It will train the same MLP with a forward MVM per layer, a transposed backward MVM through
-# the DAC/ADC (counted as backward_mvms / backward_dac_conversions / backward_adc_conversions) and a
-# pulsed rank-one update per layer (update_pulses), with the same train_bp-style metrics.
+# Analog backprop: the same MLP trained on crossbars the standard aihwkit way.
 # ---------------------------------------------------------------------------------------------
+
+
+class AnalogBPNet(nn.Module):
+    """The BPNet architecture on analog crossbars, trained by backprop as aihwkit's ``AnalogLinear`` does.
+
+    Per layer and mini-batch: a forward MVM (DAC, array, ADC), a transposed backward MVM of the error
+    (again through DAC and ADC: this is what Forward-Forward saves), and a pulsed rank-one update
+    ``W <- W - lr * delta^T h`` on the array. Biases, ReLU, softmax and the error are digital
+    periphery work (counted like :class:`BPNet`'s element-wise ops, fp32). ``counters`` adds up the
+    crossbars' analog counts and the periphery's digital counts.
+    """
+
+    def __init__(self, dims: Sequence[int], device: Any, seed: int = 0, engine: str = "torch",
+                 bytes_per_value: int = 4):
+        super().__init__()
+        from analogff.crossbar import Crossbar
+
+        if len(dims) < 2:
+            raise ValueError(f"dims needs at least an input and an output size, got {list(dims)}")
+        self.dims = [int(d) for d in dims]
+        self.layers = nn.ModuleList(
+            Crossbar(i, o, device=device, seed=seed + 101 * k, engine=engine)
+            for k, (i, o) in enumerate(zip(self.dims[:-1], self.dims[1:]))
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(o), requires_grad=False) for o in self.dims[1:])
+        self.periphery = OpCounts()
+        self.bytes_per_value = bytes_per_value
+
+    @property
+    def counters(self) -> OpCounts:
+        total = self.periphery.copy()
+        for layer in self.layers:
+            total += layer.counters
+        return total
+
+    def reset_counters(self) -> None:
+        self.periphery.reset()
+        for layer in self.layers:
+            layer.counters.reset()
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations [x, h1, ..., logits]; counts the periphery's element-wise ops."""
+        acts = [x]
+        h = x
+        for k, (layer, b) in enumerate(zip(self.layers, self.biases)):
+            z = layer(h) + b
+            h = torch.relu(z) if k < len(self.layers) - 1 else z
+            acts.append(h)
+        batch = x.shape[0]
+        hidden = sum(self.dims[1:-1])
+        self.periphery.digital_ops += batch * (sum(self.dims[1:]) + hidden)  # bias adds, ReLUs
+        return acts
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._forward(x)[-1]
+        self.periphery.digital_ops += x.shape[0] * self.dims[-1]  # argmax
+        return logits
+
+    @torch.no_grad()
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, torch.Tensor]:
+        """One backprop step on the arrays; returns (mean loss, logits)."""
+        acts = self._forward(x)
+        logits = acts[-1]
+        batch, classes = x.shape[0], self.dims[-1]
+        loss = float(nn.functional.cross_entropy(logits, y))
+        delta = (torch.softmax(logits, 1) - nn.functional.one_hot(y, classes).float()) / batch
+        for k in range(len(self.layers) - 1, -1, -1):
+            layer, h_in = self.layers[k], acts[k]
+            d_in = layer.backward(delta) * (acts[k] > 0) if k > 0 else None  # transposed MVM (ADC)
+            layer.update(h_in, delta, lr)  # pulsed rank-one update
+            self.biases[k] -= lr * delta.sum(0)
+            delta = d_in
+        bpv = self.bytes_per_value
+        hidden = sum(self.dims[1:-1])
+        self.periphery.digital_ops += batch * (SOFTMAX_CE_OPS_PER_CLASS * classes + classes + hidden
+                                               + sum(self.dims[1:]))  # loss, error, ReLU masks, bias grads
+        stored = sum(self.dims[:-1]) + hidden + classes  # activations kept for the backward pass
+        self.periphery.sram_bytes += batch * 2 * stored * bpv
+        return loss, logits
+
+
+@torch.no_grad()
+def evaluate_analog(net: AnalogBPNet, x: Any, y: Any, batch_size: int = 1000) -> tuple[dict[str, float], OpCounts]:
+    """Accuracy of an analog net; returns (metrics, the inference op counts of this pass).
+
+    Evaluation is not training: the net's counters are left as they were.
+    """
+    from analogff.energy import measured
+
+    xt, yt = _as_tensors(x, y)
+    net.eval()
+    correct = 0
+    with measured(net) as m:
+        for s in range(0, len(xt), batch_size):
+            correct += int((net(xt[s:s + batch_size]).argmax(1) == yt[s:s + batch_size]).sum())
+    net.train()
+    return {"acc": correct / max(len(xt), 1)}, m.counts
+
+
+def train_analog_bp(net: AnalogBPNet, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
+                    epochs: int = 1, batch_size: int = 100, lr: float = 0.05, seed: int = 0,
+                    on_epoch: Callable[[dict[str, Any]], Any] | None = None,
+                    progress: bool = False) -> list[dict[str, Any]]:
+    """Train an :class:`AnalogBPNet` with analog SGD; per-epoch metrics as :func:`train_bp` returns."""
+    if epochs < 0 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    xt, yt = _as_tensors(x_train, y_train)
+    g = torch.Generator().manual_seed(int(seed))
+    history: list[dict[str, Any]] = []
+    seen = 0
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(len(xt), generator=g)
+        loss_sum, correct, n_batches = 0.0, 0, 0
+        starts = range(0, len(xt), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"analog_bp epoch {epoch}/{epochs}", leave=False)
+        for s in starts:
+            idx = perm[s:s + batch_size]
+            loss, logits = net.train_step(xt[idx], yt[idx], lr)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"analog BP loss is {loss} in epoch {epoch}; lower the learning rate (lr={lr})")
+            loss_sum += loss
+            correct += int((logits.argmax(1) == yt[idx]).sum())
+            n_batches += 1
+            seen += len(idx)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1),
+                                   "train_acc": correct / max(len(xt), 1), "test_acc": None,
+                                   "samples_seen": seen}
+        if x_test is not None and y_test is not None:
+            metrics["test_acc"] = evaluate_analog(net, x_test, y_test)[0]["acc"]
+        metrics["ops"] = net.counters.as_dict()
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return history

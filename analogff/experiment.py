@@ -1,0 +1,451 @@
+"""The main job: Forward-Forward on a crossbar vs digital FF vs digital (and analog) backprop.
+
+``python experiments/mnist_analog.py`` trains every requested method on the same real data and seed,
+counts every operation, prices the counts with the energy model and writes, atomically:
+
+* ``DIR/results.json``: ``{"config": {...}, "dataset": str, "methods": {NAME: {"test_accuracy",
+  "train_energy_per_sample_J", "inference_energy_per_sample_J", "energy_breakdown_J", "counters",
+  "drift": {t: accuracy}, ...}}}`` (see README, "results.json");
+* ``DIR/metrics.csv``: one row per method and epoch.
+
+Several ``--device`` profiles (or ``--adc-bits`` values) make a sweep: one sub-directory per
+profile with its own files, and ``DIR/summary.csv``. ``--resume`` continues an interrupted run:
+finished methods are read back, FF methods continue from their last epoch checkpoint, and the
+end result equals an uninterrupted run with the same seed (torch engine; aihwkit's own engine
+cannot be seeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp")
+DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
+DEFAULT_DEVICE = "devices/ecram.toml"
+DATASETS = ("mnist", "fashion_mnist")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run depends on (written into results.json so the run can be repeated)."""
+
+    device: str = DEFAULT_DEVICE  #: device profile TOML for the analog methods
+    dataset: str = "mnist"
+    epochs: int = 3
+    batch_size: int = 100
+    hidden: list[int] = field(default_factory=lambda: [500, 500])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    seed: int = 0
+    out: str = "runs/latest"
+    drift_times: list[float] = field(default_factory=lambda: [1.0, 3600.0, 86400.0, 31536000.0])
+    engine: str = "torch"  #: crossbar engine: "torch" (fast, seeded) or "aihwkit" (reference)
+    adc_bits: int | None = None  #: override the profile's ADC resolution (forward and backward)
+    ff_lr_digital: float = 1e-3  #: Adam learning rate of digital FF
+    ff_lr_analog: float = 0.01  #: pulsed-update learning rate of analog FF
+    analog_update: str = "normalized"  #: analog FF update rule in the periphery (see analogff.ff)
+    bp_lr: float = 1e-3  #: Adam learning rate of digital BP
+    analog_bp_lr: float = 0.05  #: SGD learning rate of analog BP
+    predict: str = "goodness"  #: FF prediction for test accuracy and inference energy: goodness | softmax
+    train_limit: int | None = None  #: use the first N training samples (smoke tests)
+    test_limit: int | None = None  #: use the first N test samples (smoke tests)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic files
+# ---------------------------------------------------------------------------------------------
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# one run: every method on one device profile
+# ---------------------------------------------------------------------------------------------
+def _profile(cfg: ExperimentConfig):
+    from .devices import load_device
+
+    dev = load_device(cfg.device)
+    if cfg.adc_bits is not None:
+        res = 1.0 / (2 ** cfg.adc_bits - 2)
+        dev = dev.with_overrides(forward__out_res=res, backward__out_res=res)
+    return dev
+
+
+def _data(cfg: ExperimentConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    from .data import load_dataset
+
+    out = {}
+    for split, limit in (("train", cfg.train_limit), ("test", cfg.test_limit)):
+        x, y = load_dataset(cfg.dataset, split)
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        out[split] = (torch.from_numpy(x), torch.from_numpy(y))
+    return out
+
+
+def _crossbars(net: torch.nn.Module) -> list:
+    from .crossbar import Crossbar
+
+    return [m for m in net.modules() if isinstance(m, Crossbar)]
+
+
+def _drift(net, evaluate: Callable[[], float], times: list[float]) -> dict[str, Any]:
+    """Accuracy t seconds after programming the trained arrays (aihwkit inference noise + drift)."""
+    xbars = _crossbars(net)
+    if not xbars or not times:
+        return {}
+    if xbars[0].profile.noise_model is None:
+        return {"skipped": f"profile {xbars[0].profile.name!r} has no [inference] noise_model"}
+    result: dict[str, Any] = {}
+    try:
+        for t in times:
+            for xb in xbars:
+                xb.drift_to(t)
+            result[_tkey(t)] = evaluate()
+    finally:
+        for xb in xbars:
+            xb.reset_drift()
+    return result
+
+
+def _tkey(t: float) -> str:
+    return str(int(t)) if float(t).is_integer() else repr(t)
+
+
+def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume: bool,
+            on_epoch: Callable[[dict], None]) -> tuple[Any, dict[str, Any]]:
+    from .energy import measured
+    from .ff import FFConfig, FFNet, train_ff
+
+    analog = name == "analog_ff"
+    ffcfg = FFConfig(lr=cfg.ff_lr_analog if analog else cfg.ff_lr_digital, seed=cfg.seed,
+                     engine=cfg.engine, analog_update=cfg.analog_update)
+    dims = [data["train"][0].shape[1], *cfg.hidden]
+    net = FFNet(dims, layer="analog" if analog else "digital", device=profile if analog else None, config=ffcfg)
+    history = train_ff(net, data, ffcfg, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                       checkpoint=str(ckpt), resume=resume, on_epoch=on_epoch, progress=True)
+    x_test, y_test = data["test"]
+    with measured(net) as inf:
+        acc = net.accuracy(x_test, y_test, cfg.predict)
+    extra = {
+        "test_accuracy": acc,
+        "test_accuracy_goodness": history[-1]["test_acc_goodness"] if history else None,
+        "test_accuracy_softmax": history[-1]["test_acc_softmax"] if history else None,
+        "predict": cfg.predict,
+        "inference_counts": inf.counts,
+        "periphery_state_bytes": int(getattr(net, "periphery_state_bytes", 0)),
+        "history": history,
+        "drift": _drift(net, lambda: net.accuracy(x_test, y_test, cfg.predict), cfg.drift_times) if analog else {},
+    }
+    return net, extra
+
+
+def _run_bp(name: str, cfg: ExperimentConfig, profile, data, on_epoch: Callable[[dict], None]):
+    from .energy import measured
+    from .reference import AnalogBPNet, BPNet, evaluate, evaluate_analog, train_analog_bp, train_bp
+
+    (x, y), (x_test, y_test) = data["train"], data["test"]
+    dims = [x.shape[1], *cfg.hidden, 10]
+    if name == "digital_bp":
+        net = BPNet(dims, seed=cfg.seed)
+        history = train_bp(net, x, y, x_test, y_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                           lr=cfg.bp_lr, seed=cfg.seed, on_epoch=on_epoch)
+        with measured(net) as inf:
+            acc = evaluate(net, x_test, y_test)["acc"]
+        extra = {"peak_memory_bytes": net.peak_memory(cfg.batch_size)}
+        drift: dict[str, Any] = {}
+    else:
+        net = AnalogBPNet(dims, device=profile, seed=cfg.seed, engine=cfg.engine)
+        history = train_analog_bp(net, x, y, x_test, y_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                  lr=cfg.analog_bp_lr, seed=cfg.seed, on_epoch=on_epoch, progress=True)
+        with measured(net) as inf:
+            acc = evaluate_analog(net, x_test, y_test)[0]["acc"]
+        extra = {}
+        drift = _drift(net, lambda: evaluate_analog(net, x_test, y_test)[0]["acc"], cfg.drift_times)
+    extra.update({"test_accuracy": acc, "inference_counts": inf.counts, "history": history, "drift": drift})
+    return net, extra
+
+
+def run_one(cfg: ExperimentConfig, resume: bool = False,
+            _interrupt_after: tuple[str, int] | None = None) -> dict[str, Any]:
+    """Train every method of ``cfg`` on one device profile; write results.json and metrics.csv."""
+    from .energy import EnergyModel, total_counts
+
+    profile = _profile(cfg)
+    data = _data(cfg)
+    out = Path(cfg.out)
+    state = out / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    analog_model = EnergyModel.from_profile(profile)
+    digital_model = EnergyModel()
+    n_train, n_test = len(data["train"][1]), len(data["test"][1])
+    results: dict[str, Any] = {
+        "config": asdict(cfg), "dataset": cfg.dataset, "device_profile": profile.to_dict(),
+        "energy_model": {"analog": analog_model.as_dict(), "digital": digital_model.as_dict()},
+        "n_train": n_train, "n_test": n_test, "methods": {},
+    }
+    rows: list[dict[str, Any]] = []
+    for name in cfg.methods:
+        done = state / f"{name}.json"
+        if resume and done.exists():
+            entry = json.loads(done.read_text())
+        else:
+            t0 = time.perf_counter()
+
+            def on_epoch(m: dict, _name: str = name) -> None:
+                if _interrupt_after is not None and _interrupt_after == (_name, m["epoch"]):
+                    raise KeyboardInterrupt(f"simulated interruption after {_name} epoch {m['epoch']}")
+
+            if name.endswith("_ff"):
+                net, extra = _run_ff(name, cfg, profile, data, state / f"{name}.ckpt", resume, on_epoch)
+            else:
+                net, extra = _run_bp(name, cfg, profile, data, on_epoch)
+            model = analog_model if name.startswith("analog") else digital_model
+            train_counts = total_counts(net)
+            samples = n_train * cfg.epochs
+            train = model.energy(train_counts).per_sample(samples)
+            infer = model.energy(extra.pop("inference_counts")).per_sample(n_test)
+            history = extra.pop("history")
+            entry = {
+                "test_accuracy": float(extra.pop("test_accuracy")),
+                "train_energy_per_sample_J": train.total_J,
+                "inference_energy_per_sample_J": infer.total_J,
+                "energy_breakdown_J": train.breakdown_J,
+                "inference_energy_breakdown_J": infer.breakdown_J,
+                "counters": train_counts.as_dict(),
+                "samples_trained": samples,
+                "drift": extra.pop("drift"),
+                "wall_time_s": time.perf_counter() - t0,
+                **extra,
+                "epochs": [_epoch_row(h) for h in history],
+            }
+            write_atomic(done, json.dumps(entry, indent=1, default=_json_default))
+        results["methods"][name] = entry
+        rows += [{"method": name, **row} for row in entry["epochs"]]
+    write_atomic(out / "results.json", json.dumps(results, indent=1, default=_json_default))
+    write_atomic(out / "metrics.csv", _csv_text(rows))
+    return results
+
+
+def _epoch_row(h: dict[str, Any]) -> dict[str, Any]:
+    acc = h.get("test_acc")
+    if acc is None:
+        acc = h.get("test_acc_goodness") if h.get("test_acc_goodness") is not None else h.get("test_acc_softmax")
+    row = {"epoch": h["epoch"], "train_loss": h.get("train_loss"), "test_accuracy": acc}
+    for k in ("test_acc_goodness", "test_acc_softmax", "wall_time_s"):
+        if k in h:
+            row[k] = h[k]
+    return row
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "as_dict"):
+        return o.as_dict()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------
+def format_table(results: dict[str, Any]) -> str:
+    """The final table: method, accuracy, energies, top energy components."""
+    head = f"{'method':<11} {'test acc':>8} {'train J/sample':>15} {'infer J/sample':>15}  top training energy components"
+    lines = [head, "-" * len(head)]
+    for name, m in results["methods"].items():
+        br = m["energy_breakdown_J"]
+        total = sum(br.values()) or 1.0
+        top = sorted(br.items(), key=lambda kv: -kv[1])[:3]
+        tops = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in top if v > 0)
+        lines.append(f"{name:<11} {100 * m['test_accuracy']:>7.2f}% {m['train_energy_per_sample_J']:>15.3e} "
+                     f"{m['inference_energy_per_sample_J']:>15.3e}  {tops}")
+    return "\n".join(lines)
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    dev = results["device_profile"]
+    return [{"device": dev["name"], "adc_bits": dev["adc_bits"], "method": name,
+             "test_accuracy": m["test_accuracy"], "train_energy_per_sample_J": m["train_energy_per_sample_J"],
+             "inference_energy_per_sample_J": m["inference_energy_per_sample_J"]}
+            for name, m in results["methods"].items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, nothing written
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
+    if any(v < 0 or not math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"drift times must be finite and >= 0, got {text!r}")
+    return vals
+
+
+def _methods(text: str) -> list[str]:
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in vals if v not in METHODS]
+    if bad or not vals:
+        raise argparse.ArgumentTypeError(f"unknown method {bad[0] if bad else text!r}; choose from {','.join(METHODS)}")
+    return vals
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ExperimentConfig()
+    p = _Parser(prog="mnist_analog.py", description=(
+        "Train Forward-Forward on a simulated analog crossbar (aihwkit device physics) next to digital FF "
+        "and digital backprop on real MNIST; count every operation and price it in joules."))
+    p.add_argument("--device", nargs="+", default=[d.device], metavar="TOML",
+                   help=f"device profile(s) in devices/ (default {d.device}); several run a sweep")
+    p.add_argument("--epochs", type=_positive, default=d.epochs)
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
+    p.add_argument("--hidden", type=_positive, nargs="+", default=d.hidden, metavar="N", help="hidden layer sizes")
+    p.add_argument("--methods", type=_methods, default=list(d.methods),
+                   help=f"comma-separated, from {','.join(METHODS)} (default {','.join(d.methods)})")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>_<device>_s<seed>)")
+    p.add_argument("--drift-times", type=_floats, default=d.drift_times, metavar="T1,T2,...",
+                   help="seconds after programming at which to evaluate the trained analog net")
+    p.add_argument("--engine", choices=("torch", "aihwkit"), default=d.engine,
+                   help="crossbar engine: torch (fast, seeded) or aihwkit (reference C++ tiles)")
+    p.add_argument("--adc-bits", type=_positive, nargs="+", default=None, metavar="BITS",
+                   help="override the profile's ADC bits; several values run a sweep")
+    p.add_argument("--analog-update", default=d.analog_update, help="analog FF update rule: sgd|normalized|momentum|adam")
+    p.add_argument("--ff-lr-analog", type=float, default=d.ff_lr_analog)
+    p.add_argument("--ff-lr-digital", type=float, default=d.ff_lr_digital)
+    p.add_argument("--predict", choices=("goodness", "softmax"), default=d.predict)
+    p.add_argument("--train-limit", type=_positive, default=None, help="use only the first N training samples")
+    p.add_argument("--test-limit", type=_positive, default=None, help="use only the first N test samples")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    return p
+
+
+def configs_from_args(args: argparse.Namespace) -> list[ExperimentConfig]:
+    """One config per (device, ADC bits); validates profiles before anything is written."""
+    from .devices import DeviceProfileError, load_device
+
+    devices = list(dict.fromkeys(args.device))
+    bits_list = args.adc_bits or [None]
+    profiles = {}
+    for path in devices:
+        if not Path(path).is_file():
+            raise SystemExit(f"mnist_analog.py: error: device profile {path} not found; profiles live in devices/*.toml")
+        try:
+            profiles[path] = load_device(path)
+        except DeviceProfileError as exc:
+            raise SystemExit(f"mnist_analog.py: error: {exc}") from None
+    sweep = len(devices) * len(bits_list) > 1
+    base = args.out or f"runs/{args.dataset}_{profiles[devices[0]].name if not sweep else 'sweep'}_s{args.seed}"
+    if args.analog_update not in ("sgd", "normalized", "momentum", "adam"):
+        raise SystemExit(f"mnist_analog.py: error: --analog-update {args.analog_update!r}; "
+                         "choose from sgd, normalized, momentum, adam")
+    out = []
+    for path in devices:
+        for bits in bits_list:
+            sub = profiles[path].name + (f"_adc{bits}" if bits else "")
+            out.append(ExperimentConfig(
+                device=path, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+                hidden=list(args.hidden), methods=list(args.methods), seed=args.seed,
+                out=str(Path(base) / sub) if sweep else base, drift_times=list(args.drift_times),
+                engine=args.engine, adc_bits=bits, analog_update=args.analog_update,
+                ff_lr_analog=args.ff_lr_analog, ff_lr_digital=args.ff_lr_digital, predict=args.predict,
+                train_limit=args.train_limit, test_limit=args.test_limit))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configs = configs_from_args(args)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
+    from .data import DatasetMissingError
+
+    for cfg in configs:  # refuse to overwrite finished results unless resuming
+        if (Path(cfg.out) / "results.json").exists() and not args.resume:
+            print(f"mnist_analog.py: error: {cfg.out}/results.json exists; pass --resume to reuse it "
+                  f"or --out to write elsewhere", file=sys.stderr)
+            return 2
+    summary = []
+    try:
+        for cfg in configs:
+            print(f"== {cfg.dataset}, device {cfg.device}{'' if cfg.adc_bits is None else f', ADC {cfg.adc_bits} bits'}"
+                  f" -> {cfg.out}", flush=True)
+            results = run_one(cfg, resume=args.resume)
+            print(format_table(results), flush=True)
+            print(f"wrote {cfg.out}/results.json and {cfg.out}/metrics.csv", flush=True)
+            summary += summary_rows(results)
+    except DatasetMissingError as exc:
+        print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    if len(configs) > 1:
+        base = Path(configs[0].out).parent
+        write_atomic(base / "summary.csv", _csv_text(summary))
+        print(f"wrote {base}/summary.csv")
+    return 0

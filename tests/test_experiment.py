@@ -1,0 +1,132 @@
+"""The main job: files and schema, one-line errors that write nothing, resume == uninterrupted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from analogff.experiment import ExperimentConfig, main, run_one, write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(hidden=[32], epochs=2, train_limit=500, test_limit=200, drift_times=[1.0, 3600.0],
+             engine="torch", device=str(ROOT / "devices" / "reram_sb.toml"))
+ARGS = ["--hidden", "32", "--epochs", "2", "--train-limit", "500", "--test-limit", "200",
+        "--drift-times", "1,3600", "--engine", "torch"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "r"
+    code = main([*ARGS, "--methods", "analog_ff,digital_ff,digital_bp,analog_bp",
+                 "--device", str(ROOT / "devices" / "reram_sb.toml"), "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_results_schema_and_metrics(run_dir):
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["dataset"] == "mnist" and res["config"]["epochs"] == 2
+    assert res["device_profile"]["name"] == "reram_sb"
+    assert set(res["methods"]) == {"analog_ff", "digital_ff", "digital_bp", "analog_bp"}
+    for name, m in res["methods"].items():
+        assert 0.0 <= m["test_accuracy"] <= 1.0
+        assert m["train_energy_per_sample_J"] > 0 and m["inference_energy_per_sample_J"] > 0
+        assert abs(sum(m["energy_breakdown_J"].values()) - m["train_energy_per_sample_J"]) \
+            <= 1e-9 * m["train_energy_per_sample_J"]
+        assert isinstance(m["counters"], dict) and isinstance(m["drift"], dict)
+    ff, bp = res["methods"]["analog_ff"], res["methods"]["analog_bp"]
+    assert ff["counters"]["backward_adc_conversions"] == 0 and ff["energy_breakdown_J"]["backward_adc"] == 0
+    assert bp["counters"]["backward_adc_conversions"] > 0 and bp["energy_breakdown_J"]["backward_adc"] > 0
+    assert ff["counters"]["update_pulses"] > 0
+    assert set(ff["drift"]) == {"1", "3600"}  # ReRAM profile has an inference noise model
+    assert res["methods"]["digital_ff"]["counters"]["adc_conversions"] == 0
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert len(rows) == 4 * 2 and {r["method"] for r in rows} == set(res["methods"])
+
+
+def test_refuses_to_overwrite_without_resume(run_dir, capsys):
+    before = (run_dir / "results.json").read_bytes()
+    assert main([*ARGS, "--methods", "digital_bp", "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume" in err and len(err.splitlines()) == 1
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--epochs", "zero"], "--epochs"),
+    (["--methods", "analog_ff,quantum"], "quantum"),
+    (["--dataset", "cifar"], "--dataset"),
+    (["--no-such-flag"], "--no-such-flag"),
+    (["--drift-times", "1,-5"], "drift"),
+])
+def test_bad_flag_one_line_error_writes_nothing(tmp_path, capsys, argv, words):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+    assert not out.exists()
+
+
+def test_missing_or_broken_profile_one_line_error(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--device", "devices/nope.toml", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "devices/nope.toml" in err and "not found" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[aihwkit]\npreset = "Nope"\n[physics]\n')
+    assert main(["--device", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "aihwkit.preset" in err
+    assert not out.exists()
+
+
+def _comparable(res: dict) -> dict:
+    out = {}
+    for name, m in res["methods"].items():
+        out[name] = {k: v for k, v in m.items() if k not in ("wall_time_s", "epochs")}
+        out[name]["epochs"] = [{k: v for k, v in e.items() if "time" not in k} for e in m["epochs"]]
+    return out
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    cfg = ExperimentConfig(**SMALL, methods=["digital_bp", "analog_ff", "digital_ff"], out=str(tmp_path / "a"))
+    full = run_one(cfg)
+    cut = replace(cfg, out=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        run_one(cut, _interrupt_after=("analog_ff", 1))
+    assert not (tmp_path / "b" / "results.json").exists()  # nothing half-written
+    assert (tmp_path / "b" / "state" / "analog_ff.ckpt").exists()
+    resumed = run_one(cut, resume=True)
+    assert _comparable(resumed) == _comparable(full)
+
+
+def test_sweep_writes_one_result_per_profile_and_summary(tmp_path):
+    out = tmp_path / "sweep"
+    code = main(["--hidden", "16", "--epochs", "1", "--train-limit", "300", "--test-limit", "100",
+                 "--methods", "analog_ff", "--drift-times", "", "--out", str(out),
+                 "--device", str(ROOT / "devices" / "idealized.toml"), str(ROOT / "devices" / "ecram.toml")])
+    assert code == 0
+    assert (out / "idealized" / "results.json").exists() and (out / "ecram" / "results.json").exists()
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["device"] for r in rows} == {"idealized", "ecram"}
+
+
+def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    write_atomic(target, "old")
+
+    def boom(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
