@@ -72,6 +72,7 @@ class AihwkitEngine:
     def update(self, x: Tensor, d: Tensor, lr: float) -> None:
         self.tile.set_learning_rate(lr)
         self.tile.update(x.detach().float().cpu().contiguous(), d.detach().float().cpu().contiguous())
+        self.tile.post_update_step()  # once per mini-batch, as AnalogSGD does: decay (lifetime), diffusion
 
     def get_weights(self) -> Tensor:
         return self.tile.tile.get_weights().clone()
@@ -315,7 +316,7 @@ class Crossbar(nn.Module):
         # preset's noise management does (abs-max per vector) onto the read voltage.
         if self._gsum_cache is None:
             gp, gm = self.conductances()
-            self._gsum_cache = (gp + gm).sum(0).double()  # (in,), S
+            self._gsum_cache = (gp + gm).sum(0).double().cpu()  # (in,), S
         io = self.rpu_config.forward
         xd = x.detach().double().cpu()
         if str(getattr(io.noise_management, "name", "")) == "ABS_MAX":
@@ -337,6 +338,14 @@ class Crossbar(nn.Module):
         return t2
 
     # -- torch conventions ------------------------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> "Crossbar":
+        """Move the torch engine's state (weights, device parameters, RNG) too; aihwkit stays on CPU."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and hasattr(self.engine, "to"):
+            self.engine.to(device)
+            self._gsum_cache = None
+        return super().to(*args, **kwargs)
+
     def get_extra_state(self) -> dict[str, Any]:
         return {"engine": self.engine_name, "engine_state": self.engine.state(),
                 "counters": self.counters.as_dict(), "w_scale": self.w_scale}

@@ -298,13 +298,17 @@ class AnalogLayer(nn.Module):
     def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "sgd",
                  bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                  norm_stat: str = "rms", seed: int = 0, engine: str = "torch", crossbar=None,
-                 counters: OpCounts | None = None):
+                 counters: OpCounts | None = None, input_gain: float = 1.0):
         super().__init__()
         if update not in ANALOG_UPDATES:
             raise ValueError(f"update={update!r}; choose one of {ANALOG_UPDATES}")
         if norm_stat not in ("rms", "maxabs"):
             raise ValueError(f"norm_stat={norm_stat!r}; choose 'rms' or 'maxabs'")
         self.n_in, self.n_out, self.bias = n_in, n_out, bias
+        # The periphery drives the rows with gain * x and divides the ADC output by gain: the layer
+        # computes the same W x + b, but a length-normalised input (norm 1, entries ~1/sqrt(n))
+        # uses the DAC's full range instead of a few of its levels next to the bias row's 1.
+        self.input_gain = float(input_gain)
         self.update, self.momentum, self.betas = update, momentum, tuple(betas)
         self.eps, self.norm_stat = eps, norm_stat
         if crossbar is None:
@@ -323,16 +327,20 @@ class AnalogLayer(nn.Module):
         self.counters = counters if counters is not None else OpCounts()
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """The array's input rows: x, plus a constant-1 row that holds the bias."""
+        """The array's input rows: gain * x, plus a constant-1 row that holds the bias."""
+        x = x * self.input_gain if self.input_gain != 1.0 else x
         return torch.cat([x, torch.ones_like(x[:, :1])], 1) if self.bias else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.counters.sram_bytes += BYTES * x.shape[0] * (self.n_in + self.n_out)  # activations
-        return self.xbar.forward(self._rows(x))
+        y = self.xbar.forward(self._rows(x))
+        return y / self.input_gain if self.input_gain != 1.0 else y
 
     def apply_update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """W <- W - lr * U, U = d^T x processed by the periphery rule ``self.update``."""
         x = self._rows(x)
+        if self.input_gain != 1.0:
+            d = d / self.input_gain  # (d / gain)^T (gain x) = d^T x
         b, n_in, n_out = x.shape[0], x.shape[1], d.shape[1]
         c = self.counters
         c.sram_bytes += BYTES * b * (n_in + n_out)  # x and d streamed to the array drivers
@@ -416,6 +424,7 @@ class FFNet(nn.Module):
                 layers.append(AnalogLayer(n_in, n_out, device=device, update=cfg.analog_update,
                                           bias=cfg.analog_bias, momentum=cfg.momentum, betas=cfg.betas,
                                           seed=cfg.seed * 1000 + i, engine=cfg.engine, counters=self.counters,
+                                          input_gain=math.sqrt(n_in) if i > 0 and cfg.norm == "length" else 1.0,
                                           crossbar=None if crossbar_factory is None else
                                           crossbar_factory(n_in + int(cfg.analog_bias), n_out, cfg.seed * 1000 + i)))
         self.layers = nn.ModuleList(layers)

@@ -82,7 +82,7 @@ def test_missing_or_broken_profile_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "devices/nope.toml" in err and "not found" in err
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "bad"\n[aihwkit]\npreset = "Nope"\n[physics]\n')
+    bad.write_text((ROOT / "devices" / "ecram.toml").read_text().replace('"EcRamPreset"', '"Nope"'))
     assert main(["--device", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "aihwkit.preset" in err
