@@ -241,8 +241,19 @@ class DigitalLayer(nn.Module):
         c = self.counters
         c.digital_macs += b * n_in * n_out
         c.digital_ops += b * n_out if self.linear.bias is not None else 0
-        c.sram_bytes += BYTES * (self.n_params + b * (n_in + n_out))  # weights once, activations
+        c.sram_bytes += BYTES * b * (n_in + n_out)  # activations
+        self._count_state(BYTES * self.n_params)  # weights read once per mini-batch
         return self.linear(x)
+
+    #: set by FFNet: True when the net's weights + optimiser state exceed the on-chip SRAM
+    #: (the same rule and capacity as the backprop reference, analogff.reference)
+    state_in_dram: bool = False
+
+    def _count_state(self, nbytes: int) -> None:
+        if self.state_in_dram:
+            self.counters.dram_bytes += nbytes
+        else:
+            self.counters.sram_bytes += nbytes
 
     def apply_update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """W <- optimiser step with gradient d^T x (and bias gradient sum_b d)."""
@@ -259,7 +270,8 @@ class DigitalLayer(nn.Module):
         c = self.counters
         c.digital_macs += b * n_in * n_out + b * n_out
         c.digital_ops += ops * self.n_params
-        c.sram_bytes += nbytes * self.n_params + BYTES * b * (n_in + n_out)
+        c.sram_bytes += BYTES * b * (n_in + n_out)
+        self._count_state(nbytes * self.n_params)  # weights, gradient and optimiser state traffic
 
     def optim_state(self) -> dict:
         return self.opt.state_dict()
@@ -428,6 +440,13 @@ class FFNet(nn.Module):
                                           crossbar=None if crossbar_factory is None else
                                           crossbar_factory(n_in + int(cfg.analog_bias), n_out, cfg.seed * 1000 + i)))
         self.layers = nn.ModuleList(layers)
+        if layer == "digital":  # same memory rule as the backprop reference: does the state fit on chip?
+            from analogff.reference import DEFAULT_SRAM_CAPACITY_BYTES, OPTIMIZER_STATE_PER_PARAM
+
+            per_param = 2 + OPTIMIZER_STATE_PER_PARAM.get({"momentum": "sgd_momentum"}.get(cfg.optimizer, cfg.optimizer), 0)
+            resident = BYTES * per_param * sum(lay.n_params for lay in layers)  # weights, grads, state
+            for lay in layers:
+                lay.state_in_dram = resident > DEFAULT_SRAM_CAPACITY_BYTES
         for i, n in enumerate(dims[1:]):  # batch-norm statistics (used only when norm="batch")
             self.register_buffer(f"bn_mean{i}", torch.zeros(n))
             self.register_buffer(f"bn_var{i}", torch.ones(n))

@@ -385,3 +385,16 @@ def test_config_validation():
         FFConfig(loss="nope")
     with pytest.raises(ValueError, match="hard negatives"):
         FFConfig(head=False, negatives="hard", hard_source="head")
+
+
+def test_digital_state_goes_to_dram_like_the_bp_reference_when_it_does_not_fit():
+    from analogff.ff import FFConfig, FFNet
+
+    small = FFNet([20, 16, 16], layer="digital", config=FFConfig())
+    big = FFNet([784, 500, 500], layer="digital", config=FFConfig())  # 642k params x (w, g, m, v) > 1 MiB
+    for net, n_in in ((small, 20), (big, 784)):
+        x = torch.rand(4, n_in)
+        net.layers[0](x)
+        net.layers[0].apply_update(x, torch.rand(4, net.layers[0].linear.out_features), 1e-3)
+    assert small.counters.dram_bytes == 0 and small.counters.sram_bytes > 0
+    assert big.counters.dram_bytes > 0
