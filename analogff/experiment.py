@@ -401,7 +401,8 @@ def configs_from_args(args: argparse.Namespace) -> list[ExperimentConfig]:
         except DeviceProfileError as exc:
             raise SystemExit(f"mnist_analog.py: error: {exc}") from None
     sweep = len(devices) * len(bits_list) > 1
-    base = args.out or f"runs/{args.dataset}_{profiles[devices[0]].name if not sweep else 'sweep'}_s{args.seed}"
+    base = args.out or _default_out(f"runs/{args.dataset}_{profiles[devices[0]].name if not sweep else 'sweep'}"
+                                    f"_s{args.seed}", args.resume)
     if args.analog_update not in ("sgd", "normalized", "momentum", "adam"):
         raise SystemExit(f"mnist_analog.py: error: --analog-update {args.analog_update!r}; "
                          "choose from sgd, normalized, momentum, adam")
@@ -417,6 +418,15 @@ def configs_from_args(args: argparse.Namespace) -> list[ExperimentConfig]:
                 ff_lr_analog=args.ff_lr_analog, ff_lr_digital=args.ff_lr_digital, predict=args.predict,
                 train_limit=args.train_limit, test_limit=args.test_limit))
     return out
+
+
+def _default_out(stem: str, resume: bool) -> str:
+    """Without --out: a new run takes the first free of stem, stem_2, ...; --resume the latest used."""
+    used = [stem] + [f"{stem}_{i}" for i in range(2, 1000)]
+    taken = [p for p in used if Path(p).exists()]
+    if resume:
+        return taken[-1] if taken else stem
+    return next(p for p in used if not Path(p).exists())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,3 +132,15 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
         write_atomic(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_default_out_never_overwrites(tmp_path, monkeypatch):
+    from analogff.experiment import _default_out
+
+    monkeypatch.chdir(tmp_path)
+    assert _default_out("runs/x", resume=False) == "runs/x"
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    assert _default_out("runs/x", resume=False) == "runs/x_2"
+    assert _default_out("runs/x", resume=True) == "runs/x"
+    (tmp_path / "runs" / "x_2").mkdir()
+    assert _default_out("runs/x", resume=True) == "runs/x_2"
