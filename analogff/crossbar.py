@@ -247,8 +247,9 @@ class Crossbar(nn.Module):
         state = self.engine.device_state()
         w = self.engine.get_weights()
         if "hidden_weights_0" in state and "max_bound_0" in state:  # one-sided pair (PCM)
-            gp = state["hidden_weights_0"] / state["max_bound_0"].clamp(min=1e-12)
-            gm = state["hidden_weights_1"] / state["max_bound_1"].clamp(min=1e-12)
+            # aihwkit's OneSidedUnitCell: device 0 carries the negative part, device 1 the positive
+            gp = state["hidden_weights_1"] / state["max_bound_1"].clamp(min=1e-12)
+            gm = state["hidden_weights_0"] / state["max_bound_0"].clamp(min=1e-12)
         else:
             upper = state.get("max_bound", torch.full_like(w, self.w_bound)).abs().clamp(min=1e-12)
             lower = state.get("min_bound", torch.full_like(w, -self.w_bound)).abs().clamp(min=1e-12)

@@ -1,0 +1,241 @@
+"""Speed of one Forward-Forward training step on a crossbar: torch engine vs aihwkit vs digital.
+
+One step of one layer, as ``analogff.ff`` runs it: the forward MVMs of the positive and of the
+negative data of a mini-batch of 100 (one call on the 200 rows [pos; neg]) and one update
+``W <- W - lr d^T x`` with the layer's local FF error d (SymBa loss, and the analog update rule
+and learning rate of the main job's defaults, ``ExperimentConfig``: the pulse counts are those of
+real training).
+Inputs are MNIST images with the label overlaid (random sparse images if MNIST is not cached).
+
+* ``aihwkit``: ``Crossbar(engine="aihwkit")``, aihwkit's C++ tile (sample-by-sample pulses);
+* ``torch``: ``Crossbar(engine="torch")``, analogff's batched engine (``torch.compile``d kernels on
+  big tiles: the first step, which compiles, is reported separately and not timed);
+* ``digital``: the same step in float32 torch: ``x @ W.T`` and ``W -= lr d^T x``.
+
+The engines are timed as ``Crossbar.engine`` (MVMs and pulsed update); the width sweep also times
+the torch engine through ``Crossbar`` (input checks, operation and read-energy counting).
+
+samples/s = 100 / (seconds per step). Prints markdown tables (for the README) in one run:
+
+1. widths 256, 500, 1000, 2000 (784 inputs) on one profile (``--profile``, default reram_sb);
+2. every profile in devices/ at 784 x 500, at the main job's pulse density and at a dense one (the
+   ``normalized`` rule, lr 0.01: hundreds of pulses per device and step; aihwkit's cost grows with
+   the pulses, the torch engine's does not), with the time of one full-MNIST epoch of a 784-500-500
+   analog FF net on the torch engine (600 steps of both layers; step time only, no data loading).
+
+Usage: ``python benchmarks/engine_speed.py [--quick] [--threads N] [--profile NAME]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# analogff (and through it aihwkit, whose C++ has its own OpenMP runtime) is imported in main(),
+# after the thread count is chosen: OpenMP reads OMP_NUM_THREADS when the library loads.
+
+BATCH = 100
+LR = 0.1  # ExperimentConfig.ff_lr_analog (read in main())
+RULE = "sgd"  # ExperimentConfig.analog_update: "sgd" (plain) or "normalized"
+DENSE_LR = 0.01  # the normalized rule's lr of the dense regime
+IN = 784
+
+
+def mnist_batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """[pos; neg] rows (2 * BATCH, 784): MNIST with the true / a wrong label overlaid."""
+    try:
+        from analogff.data import load_mnist
+
+        x, y = load_mnist("train")
+        idx = torch.randint(0, x.shape[0], (BATCH,), generator=gen)
+        x, y = torch.from_numpy(x)[idx], torch.from_numpy(y)[idx]
+    except Exception:  # no MNIST cached: sparse random images of the same statistics
+        x = (torch.rand(BATCH, IN, generator=gen) < 0.19) * torch.rand(BATCH, IN, generator=gen)
+        y = torch.randint(0, 10, (BATCH,), generator=gen)
+    wrong = (y + torch.randint(1, 10, (BATCH,), generator=gen)) % 10
+    return torch.cat([overlay_label(x, y), overlay_label(x, wrong)]), y
+
+
+def layer_error(x: torch.Tensor, w: torch.Tensor, rule: str) -> torch.Tensor:
+    """The layer's local FF error for the rows x (SymBa), as the periphery rule passes it on
+    (``normalized``: scaled so that RMS(d^T x) = 1)."""
+    h = torch.relu(x @ w.T)
+    _, d = ff_loss_and_error(h[:BATCH], h[BATCH:], FFConfig())
+    if rule == "normalized":
+        d = d / ((d.T @ x).pow(2).mean().sqrt() + 1e-8)
+    return d
+
+
+def time_steps(step, repeats: int, budget_s: float) -> float:
+    """Median seconds of ``step()`` over ``repeats`` calls (fewer if they exceed ``budget_s``)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget_s and len(times) >= 1:
+            break
+    return statistics.median(times)
+
+
+def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeats: int, budget_s: float,
+                gen: torch.Generator, crossbar: bool = False, rule: str | None = None,
+                lr: float | None = None) -> dict[str, float]:
+    """Seconds per FF step (forward of 2 x 100 rows + one update) for each engine and digital,
+    and the pulses per device of one update (torch engine)."""
+    rule, lr = rule or RULE, LR if lr is None else lr
+    x, _ = mnist_batch(gen)
+    if n_in != IN:  # a hidden layer: normalised ReLU activities of the layer below
+        x = torch.relu(torch.randn(2 * BATCH, n_in, generator=gen))
+        x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    out: dict[str, float] = {}
+    w = (torch.rand(width, n_in, generator=gen) * 2 - 1) / n_in**0.5
+    d = layer_error(x, w, rule)
+
+    w_dig = w.clone()
+
+    def digital_step() -> None:
+        y = x @ w_dig.T  # the pos and the neg forward
+        w_dig.add_(d.T @ x, alpha=-lr)  # outer-product update
+        del y
+
+    time_steps(digital_step, 2, budget_s)
+    out["digital"] = time_steps(digital_step, max(repeats, 10), budget_s)
+    for engine in engines:
+        xbar = Crossbar(n_in, width, device=profile, seed=0, engine=engine)
+        xbar.set_weights(w)
+        eng, tile_lr = xbar.engine, lr / xbar.w_scale
+
+        def step() -> None:  # the engine itself: MVMs and pulsed update in device units
+            eng.forward(x, False)
+            eng.update(x, d, tile_lr)
+
+        t0 = time.perf_counter()
+        step()  # warm-up (torch.compile happens here on big tiles)
+        out[f"{engine}_first"] = time.perf_counter() - t0
+        out[engine] = time_steps(step, repeats, budget_s)
+        if engine == "torch":
+            out["pulses_per_device"] = eng.update(x, d, tile_lr) / (n_in * width)
+        if engine == "torch" and crossbar:
+
+            def xbar_step() -> None:  # plus the Crossbar's checks and operation / energy counting
+                xbar.forward(x)
+                xbar.update(x, d, lr)
+
+            xbar_step()
+            out["torch_xbar"] = time_steps(xbar_step, repeats, budget_s)
+    return out
+
+
+def pick_threads() -> int:
+    """As many threads as the machine allows: all cores, unless other jobs hold them (then one
+    thread is faster than threads that wait for busy cores). Decided on a 200 x 784 x 500 GEMM."""
+    best, best_t = 1, float("inf")
+    a, b = torch.rand(200, IN), torch.rand(IN, 500)
+    for n in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(n)
+        for _ in range(3):
+            a @ b
+        t = min(_timed(lambda: a @ b) for _ in range(20))
+        if t < best_t * 0.9:
+            best, best_t = n, t
+    return best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def fmt_rate(seconds: float) -> str:
+    return f"{BATCH / seconds:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="widths 256 and 500, 2 profiles, few repeats")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch (and aihwkit OpenMP) threads; default: all cores unless busy, then 1")
+    p.add_argument("--profile", default="reram_sb", help="profile of the width sweep (devices/NAME.toml)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per measurement")
+    args = p.parse_args(argv)
+    threads = args.threads or pick_threads()
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, LR, RULE
+    from analogff.crossbar import Crossbar
+    from analogff.devices import list_devices, load_device
+    from analogff.ff import FFConfig, ff_loss_and_error, overlay_label
+
+    try:
+        from analogff.experiment import ExperimentConfig
+
+        job = ExperimentConfig()
+        LR, RULE = float(job.ff_lr_analog), str(job.analog_update)
+    except Exception:  # keep the module defaults
+        pass
+    if RULE not in ("sgd", "normalized"):
+        RULE = "sgd"
+
+    widths = [256, 500] if args.quick else [256, 500, 1000, 2000]
+    repeats = args.repeats or (3 if args.quick else 5)
+    budget = 4.0 if args.quick else 15.0
+    profiles = list_devices(ROOT / "devices")
+    if args.quick:
+        profiles = [q for q in profiles if q.stem in ("idealized", args.profile)]
+    gen = torch.Generator().manual_seed(0)
+    sweep_profile = ROOT / "devices" / f"{args.profile}.toml"
+    load_device(sweep_profile)
+
+    print(f"# Engine speed: one analog FF step (forward of 2 x {BATCH} rows + one update), CPU\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}), ANALOGFF_COMPILE="
+          f"{os.environ.get('ANALOGFF_COMPILE', 'auto')}; median of {repeats} steps; update rule {RULE}, lr {LR}, "
+          "MNIST rows\n")
+
+    print(f"## Width sweep, {args.profile} ({IN} inputs; main job's update rule)\n")
+    print("| width | digital samples/s | torch samples/s | aihwkit samples/s | torch / aihwkit | "
+          "torch time / digital | torch in Crossbar samples/s | torch first step (compile), s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for width in widths:
+        r = bench_width(sweep_profile, IN, width, ["torch", "aihwkit"], repeats, budget, gen, crossbar=True)
+        print(f"| {width} | {fmt_rate(r['digital'])} | {fmt_rate(r['torch'])} | {fmt_rate(r['aihwkit'])} | "
+              f"{r['aihwkit'] / r['torch']:.0f}x | {r['torch'] / r['digital']:.1f}x | {fmt_rate(r['torch_xbar'])} | "
+              f"{r['torch_first']:.1f} |", flush=True)
+
+    print(f"\n## Every profile at {IN} x 500, two pulse densities\n")
+    print(f"*main job*: the update rule and lr of ExperimentConfig ({RULE}, lr {LR}); *dense*: the "
+          f"`normalized` rule at lr {DENSE_LR} (hundreds of pulses per device and step: aihwkit's "
+          "seconds-long updates). ms per step; epoch = 600 steps of a 784-500-500 net on the torch engine "
+          "(engine time only, main job).\n")
+    print("| profile | preset | digital ms | pulses/device (main) | torch ms (main) | aihwkit ms (main) | "
+          "torch / aihwkit (main) | pulses/device (dense) | torch ms (dense) | aihwkit ms (dense) | "
+          "torch / aihwkit (dense) | torch time / digital | epoch s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for prof in profiles:
+        r = bench_width(prof, IN, 500, ["torch", "aihwkit"], repeats, budget, gen)
+        rd = bench_width(prof, IN, 500, ["torch", "aihwkit"], repeats, budget, gen, rule="normalized", lr=DENSE_LR)
+        r2 = bench_width(prof, 500, 500, ["torch"], repeats, budget, gen)
+        epoch = 600 * (r["torch"] + r2["torch"])
+        print(f"| {prof.stem} | {load_device(prof).preset} | {r['digital'] * 1e3:.1f} | "
+              f"{r['pulses_per_device']:.1f} | {r['torch'] * 1e3:.1f} | {r['aihwkit'] * 1e3:.0f} | "
+              f"{r['aihwkit'] / r['torch']:.0f}x | {rd['pulses_per_device']:.0f} | {rd['torch'] * 1e3:.1f} | "
+              f"{rd['aihwkit'] * 1e3:.0f} | {rd['aihwkit'] / rd['torch']:.0f}x | {r['torch'] / r['digital']:.1f}x | "
+              f"{epoch:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
