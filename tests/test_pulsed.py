@@ -73,9 +73,12 @@ def _run(a: AihwkitEngine, t: TorchPulsedEngine, xs, ds, lr: float) -> tuple[tor
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_update_statistics_match_aihwkit(path):
+    # 8 seeds: aihwkit's own ReRAM ES tile (up/down asymmetry, 5 dw_min of noise per pulse) moves
+    # the top bin only ~1.4 run-to-run scatters above 0 after 5 steps; with 2 seeds its mean fell
+    # below 0 in ~1 of 12 runs. (More steps do not help: the asymmetric drift then wins.)
     lr, steps = 0.01, 5
     da, dt, ideal = [], [], []
-    for seed in (0, 1):
+    for seed in range(8):
         a, t = _pair(path, seed)
         g = torch.Generator().manual_seed(seed)
         xs = [torch.rand(B, IN, generator=g) for _ in range(steps)]
