@@ -696,7 +696,13 @@ class measured:
         with measured(net) as m:
             net.accuracy(x_test, y_test)
         m.counts  # the inference counts; net's own counters are as before the block
+
+
+    Blocks nest: an inner block's work stays visible to an enclosing block, which restores the
+    counters when it ends.
     """
+
+    _depth = 0  #: how many measured blocks are open
 
     def __init__(self, module: Any):
         self.module = module
@@ -706,10 +712,14 @@ class measured:
         self._saved = [(c, c.copy()) for c in counters_in(self.module)]
         for c, _ in self._saved:
             c.reset()
+        measured._depth += 1
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        measured._depth -= 1
         self.counts = total_counts(self.module)
+        nested = measured._depth > 0
         for c, saved in self._saved:
-            c.reset()
-            c += saved
+            if not nested:
+                c.reset()  # outermost block: the counters are as before it
+            c += saved  # nested: saved + this block's work, for the enclosing block to see

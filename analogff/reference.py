@@ -339,15 +339,10 @@ class AnalogBPNet(nn.Module):
 
     @property
     def counters(self) -> OpCounts:
-        total = self.periphery.copy()
-        for layer in self.layers:
-            total += layer.counters
-        return total
+        """The periphery's counts plus every crossbar's, summed fresh (a new object)."""
+        from analogff.energy import total_counts
 
-    def reset_counters(self) -> None:
-        self.periphery.reset()
-        for layer in self.layers:
-            layer.counters.reset()
+        return total_counts(self)
 
     def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Activations [x, h1, ..., logits]; counts the periphery's element-wise ops."""

@@ -301,3 +301,24 @@ def test_every_constant_has_a_unit_in_its_name():
 def test_energy_report_is_a_dataclass_with_total():
     r = EnergyReport({"adc": 1.0, "dac": 2.0})
     assert r.total_J == 3.0 and r.top(1) == [("dac", 2.0)]
+
+
+def test_measured_blocks_nest_and_restore():
+    import torch
+    from torch import nn
+
+    from analogff.energy import OpCounts, measured
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.counters = OpCounts(mvms=5)
+
+    net = Net()
+    with measured(net) as outer:
+        net.counters.mvms += 2
+        with measured(net) as inner:
+            net.counters.mvms += 3
+        assert inner.counts.mvms == 3
+    assert outer.counts.mvms == 5  # the inner block's work is seen by the enclosing block
+    assert net.counters.mvms == 5  # and nothing leaks out of the outermost block
