@@ -117,6 +117,7 @@ class Crossbar(nn.Module):
         engine: ``"aihwkit"`` (reference) or ``"torch"`` (fast, batched).
         init_range: initial weights are drawn so that their largest magnitude is this fraction of the
             device's upper weight bound; it sets ``w_scale`` (logical weights per device unit).
+            None: the profile's ``[mapping] init_range`` (default 0.3).
         w_scale: override the digital scale directly (logical units per normalised device unit).
     """
 
@@ -127,7 +128,7 @@ class Crossbar(nn.Module):
         device: DeviceProfile | str | Path,
         seed: int = 0,
         engine: str = "aihwkit",
-        init_range: float = 0.3,
+        init_range: float | None = None,
         w_scale: float | None = None,
     ):
         super().__init__()
@@ -142,9 +143,11 @@ class Crossbar(nn.Module):
         w_min, w_max = self.profile.weight_range()
         self.w_bound = min(abs(w_min), w_max)  # nominal usable magnitude, device units
         init_bound = 1.0 / math.sqrt(in_features)  # torch.nn.Linear's default init bound, logical
+        init_range = self.profile.init_range if init_range is None else init_range
         self.w_scale = float(w_scale) if w_scale is not None else init_bound / (init_range * self.w_bound)
         self.seed = seed
-        self.counters = OpCounts()
+        self._counters = OpCounts()
+        self._read_pending: Tensor | None = None  # read energy not yet added to counters (no GPU sync)
         self._gsum_cache: Tensor | None = None
         self._drift: dict[str, Any] | None = None
 
@@ -174,36 +177,56 @@ class Crossbar(nn.Module):
             d: the local error dLoss/dy per output unit, (B, out), in logical units.
             lr: learning rate in logical weight units.
         """
+        x2 = self._check_input(x, self.in_features, "x")
+        d2 = self._check_input(d, self.out_features, "d")
+        if x2.shape[0] != d2.shape[0]:
+            raise ValueError(f"x and d must have the same batch size, got {x2.shape[0]} and {d2.shape[0]}")
+        self._pulse(x2, d2, lr)
+
+    def update_rows(self, u: Tensor, lr: float) -> None:
+        """``W <- W - lr * u`` for a dense update matrix u (out, in) from the digital periphery
+        (momentum, Adam), transferred row by row: row i is driven alone (value 1) with the column
+        errors ``u[:, i]``. Same pulses as ``update(I, u.T, lr)``; the torch engine computes them
+        element-wise instead of through (in x in) products."""
+        u2 = self._check_input(u, self.in_features, "u")
+        if u2.shape[0] != self.out_features:
+            raise ValueError(f"u must have shape {(self.out_features, self.in_features)}, got {tuple(u.shape)}")
+        self._pulse(None, u2.T, lr)
+
+    def _pulse(self, x2: Tensor | None, d2: Tensor, lr: float) -> None:
+        """Apply ``W <- W - lr d^T x`` as pulses and count them; ``x2 None``: x = I (row by row)."""
         from .pulsed import expected_pulses, weight_granularity
 
         if self._drift is not None:
             raise RuntimeError("this crossbar is in drift (inference) mode; call reset_drift() before training")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-        x2 = self._check_input(x, self.in_features, "x")
-        d2 = self._check_input(d, self.out_features, "d")
-        if x2.shape[0] != d2.shape[0]:
-            raise ValueError(f"x and d must have the same batch size, got {x2.shape[0]} and {d2.shape[0]}")
         tile_lr = lr / self.w_scale  # device units: w <- w - tile_lr * d^T x
-        b = x2.shape[0]
+        b = d2.shape[0]
+        c = self._counters
         if self.mixed_precision:
             # aihwkit's MixedPrecisionCompound accumulates d^T x digitally in chi (one MAC per
             # device per sample, chi read and written once per batch in fp32) and pulses a device
             # only when |chi| passes its step: those pulses are |dw| / dw_min.
-            self.counters.digital_macs += b * self.in_features * self.out_features
-            self.counters.sram_bytes += 2 * 4 * self.in_features * self.out_features
-        if self.engine_name == "aihwkit":
+            c.digital_macs += b * self.in_features * self.out_features
+            c.sram_bytes += 2 * 4 * self.in_features * self.out_features
+        if self.engine_name == "torch":
+            if x2 is None:
+                c.update_pulses += int(self.engine.update_rows(d2.T, tile_lr))
+            else:
+                c.update_pulses += int(self.engine.update(x2, d2, tile_lr))
+        else:
+            if x2 is None:
+                x2 = torch.eye(self.in_features, dtype=d2.dtype, device=d2.device)
             if self.mixed_precision:
                 w_before = self.engine.get_weights()
                 self.engine.update(x2, d2, tile_lr)
                 steps = (self.engine.get_weights() - w_before).abs().sum() / weight_granularity(self.rpu_config.device)
-                self.counters.update_pulses += int(round(float(steps)))
+                c.update_pulses += int(round(float(steps)))
             else:
-                self.counters.update_pulses += int(round(float(expected_pulses(x2, d2, tile_lr, self.rpu_config).sum())))
+                c.update_pulses += int(round(float(expected_pulses(x2, d2, tile_lr, self.rpu_config).sum())))
                 self.engine.update(x2, d2, tile_lr)
-        else:
-            self.counters.update_pulses += int(self.engine.update(x2, d2, tile_lr))
-        self.counters.updates += b
+        c.updates += b
         self._gsum_cache = None
 
     def backward(self, d: Tensor) -> Tensor:
@@ -223,7 +246,7 @@ class Crossbar(nn.Module):
 
     def set_weights(self, weights: Tensor) -> None:
         """Program logical weights (out, in) exactly (clipped to the device bounds)."""
-        w = torch.as_tensor(weights, dtype=torch.float32).detach().cpu()
+        w = torch.as_tensor(weights, dtype=torch.float32).detach()
         if w.shape != (self.out_features, self.in_features):
             raise ValueError(f"weights must have shape {(self.out_features, self.in_features)}, got {tuple(w.shape)}")
         self.engine.set_weights(w / self.w_scale)
@@ -306,26 +329,45 @@ class Crossbar(nn.Module):
             self._gsum_cache = None
 
     # -- counting ---------------------------------------------------------------------------------
+    @property
+    def counters(self) -> OpCounts:
+        """Operations counted so far (analog MVMs, conversions, device reads, read V^2 G, pulses)."""
+        self.flush_counters()
+        return self._counters
+
+    @counters.setter
+    def counters(self, value: OpCounts) -> None:
+        self._counters, self._read_pending = value, None
+
+    def _column_conductance_sums(self) -> Tensor:
+        """sum_j (G+_ji + G-_ji) for every input row i, (in,) float64 in S (cached until the next write)."""
+        if self._gsum_cache is None:
+            p = self.profile.physics
+            gp_rel, gm_rel = self._relative_conductances()  # in [0, 1], so conductances() clamps nothing
+            rel = (gp_rel + gm_rel).sum(0, dtype=torch.float64)
+            self._gsum_cache = 2 * self.out_features * p.g_min_S + (p.g_max_S - p.g_min_S) * rel
+        return self._gsum_cache
+
     def _count_forward(self, x: Tensor) -> None:
         b = x.shape[0]
-        c = self.counters
+        c = self._counters
         c.mvms += b
         c.dac_conversions += b * self.in_features
         c.adc_conversions += b * self.out_features
         c.device_reads += 2 * b * self.in_features * self.out_features
         # read power sum_i V_i^2 * sum_j (G+_ji + G-_ji): voltages are the DAC inputs scaled as the
-        # preset's noise management does (abs-max per vector) onto the read voltage.
-        if self._gsum_cache is None:
-            gp, gm = self.conductances()
-            self._gsum_cache = (gp + gm).sum(0).double().cpu()  # (in,), S
+        # preset's noise management does (abs-max per vector) onto the read voltage. Accumulated on
+        # the engine's device and added to the counters when they are read (no host sync per MVM).
+        gsum = self._column_conductance_sums()
         io = self.rpu_config.forward
-        xd = x.detach().double().cpu()
+        xd = x.detach().to(gsum.device, torch.float64)
         if str(getattr(io.noise_management, "name", "")) == "ABS_MAX":
             scale = xd.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
         else:
-            scale = torch.full((b, 1), float(io.inp_bound), dtype=torch.float64)
+            scale = torch.full((b, 1), float(io.inp_bound), dtype=torch.float64, device=xd.device)
         v = (xd / scale).clamp(-1, 1) * self.profile.physics.read_voltage_V
-        c.read_v2g_W += float((v.pow(2).sum(0) * self._gsum_cache).sum())
+        e = (v.pow(2).sum(0) * gsum).sum()
+        self._read_pending = e if self._read_pending is None else self._read_pending + e
 
     @staticmethod
     def _check_input(t: Tensor, size: int, name: str) -> Tensor:
@@ -339,13 +381,21 @@ class Crossbar(nn.Module):
         return t2
 
     # -- torch conventions ------------------------------------------------------------------------
-    def to(self, *args: Any, **kwargs: Any) -> "Crossbar":
-        """Move the torch engine's state (weights, device parameters, RNG) too; aihwkit stays on CPU."""
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is not None and hasattr(self.engine, "to"):
-            self.engine.to(device)
+    def _apply(self, fn: Any, recurse: bool = True) -> "Crossbar":
+        """``.to(device)``, ``.cuda()``, ``.cpu()`` (also through a parent module) move the torch
+        engine's state (weights, device parameters, RNG); the aihwkit engine stays on the CPU."""
+        target = fn(torch.zeros(())).device  # where this conversion sends a float tensor
+        if hasattr(self.engine, "to") and getattr(self.engine, "device", target) != target:
+            self.flush_counters()
+            self.engine.to(target)
             self._gsum_cache = None
-        return super().to(*args, **kwargs)
+        return super()._apply(fn, recurse)
+
+    def flush_counters(self) -> None:
+        """Add the read energy accumulated on the engine's device to the counters (one host sync)."""
+        if self._read_pending is not None:
+            self._counters.read_v2g_W += float(self._read_pending)
+            self._read_pending = None
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"engine": self.engine_name, "engine_state": self.engine.state(),

@@ -58,7 +58,7 @@ NOISE_MODELS: tuple[str, ...] = (
     "HermesNoiseModel",
 )
 
-_TOP_KEYS = {"name", "description", "aihwkit", "physics", "inference", "energy"}
+_TOP_KEYS = {"name", "description", "aihwkit", "physics", "inference", "energy", "mapping"}
 
 
 class DeviceProfileError(ValueError):
@@ -111,8 +111,15 @@ class DeviceProfile:
     noise_model: str | None = None  #: aihwkit inference noise model for drift, or None
     energy: dict[str, float] = field(default_factory=dict)  #: EnergyConstants overrides
     source: str | None = None  #: the TOML file it came from
+    #: weight mapping: initial weights reach this fraction of the device's weight bound (sets the
+    #: crossbar's digital output scale; [mapping] init_range in the TOML file)
+    init_range: float = 0.3
 
     def __post_init__(self) -> None:
+        if isinstance(self.init_range, bool) or not isinstance(self.init_range, (int, float)) \
+                or not 0 < self.init_range <= 1:
+            raise DeviceProfileError(self.source, "mapping.init_range",
+                                     f"must be a number in (0, 1], got {self.init_range!r}")
         if self.preset not in PRESETS:
             raise DeviceProfileError(
                 self.source, "aihwkit.preset",
@@ -193,6 +200,7 @@ class DeviceProfile:
             "dac_bits": self.dac_bits,
             "adc_bits": self.adc_bits,
             "weight_range": list(self.weight_range()),
+            "init_range": self.init_range,
             "resolved_rpu_config": str(self.rpu_config()),
         }
 
@@ -312,12 +320,18 @@ def profile_from_dict(data: dict[str, Any], source: str | None = None) -> Device
     if noise_model in ("none", ""):
         noise_model = None
 
+    mapping = table("mapping", required=False)
+    bad = set(mapping) - {"init_range"}
+    if bad:
+        raise DeviceProfileError(source, f"mapping.{sorted(bad)[0]}", "unknown key; allowed: init_range")
+
     description = data.get("description", "")
     if not isinstance(description, str):
         raise DeviceProfileError(source, "description", "must be a string")
     return DeviceProfile(
         name=name, preset=preset, physics=physics, description=description, overrides=overrides,
         noise_model=noise_model, energy=dict(table("energy", required=False)), source=source,
+        init_range=mapping.get("init_range", 0.3),
     )
 
 

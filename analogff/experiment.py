@@ -56,8 +56,8 @@ class ExperimentConfig:
     engine: str = "torch"  #: crossbar engine: "torch" (fast, seeded) or "aihwkit" (reference)
     adc_bits: int | None = None  #: override the profile's ADC resolution (forward and backward)
     ff_lr_digital: float = 1e-3  #: Adam learning rate of digital FF
-    ff_lr_analog: float = 0.1  #: pulsed-update learning rate of analog FF (plain pulsed SGD: lr of W <- W - lr d^T x)
-    analog_update: str = "sgd"  #: analog FF update rule in the periphery (see analogff.ff)
+    ff_lr_analog: float = 1e-3  #: analog FF learning rate (adam: step size in weight units; sgd: lr of W - lr d^T x, ~0.1)
+    analog_update: str = "adam"  #: analog FF update rule in the periphery (see analogff.ff and README)
     bp_lr: float = 1e-3  #: Adam learning rate of digital BP
     analog_bp_lr: float = 0.05  #: SGD learning rate of analog BP
     predict: str = "goodness"  #: FF prediction for test accuracy and inference energy: goodness | softmax

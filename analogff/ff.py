@@ -80,8 +80,11 @@ class FFConfig:
     cooldown: float = 0.5  #: last fraction of the epochs: lr decays linearly towards 0
     shift: int = 0  #: training images jittered by up to this many pixels (0: off)
     image_side: int = 28
-    analog_update: str = "sgd"  #: AnalogLayer update: "sgd" | "normalized" | "momentum" | "adam"
+    analog_update: str = "adam"  #: AnalogLayer update: "adam" | "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1)
     analog_bias: bool = True  #: analog layers get a bias row (a constant-1 input) on the array
+    analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
+    #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
+    #: less headroom before the bound). None: the profile's [mapping] init_range
     engine: str = "torch"  #: Crossbar engine for analog layers
     num_classes: int = 10
     seed: int = 0  #: weight initialisation (digital) and crossbar seeds (analog)
@@ -100,6 +103,8 @@ class FFConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FFConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
+            raise ValueError(f"FFConfig.analog_init_range={self.analog_init_range!r}; choose a fraction in (0, 1]")
         if self.negatives == "hard" and self.hard_source == "head" and not self.head:
             raise ValueError("hard negatives from the head need head=True (or hard_source='goodness')")
         self.betas = tuple(self.betas)
@@ -208,6 +213,14 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, si
 OPTIM_COST = {"sgd": (2, 4 * BYTES), "momentum": (4, 6 * BYTES), "adam": (10, 8 * BYTES)}
 
 
+def _count_state_traffic(counters: OpCounts, nbytes: int, in_dram: bool) -> None:
+    """Weights / optimiser state moved: DRAM when the net's state does not fit the SRAM, else SRAM."""
+    if in_dram:
+        counters.dram_bytes += nbytes
+    else:
+        counters.sram_bytes += nbytes
+
+
 class DigitalLayer(nn.Module):
     """A digital FF layer: ``nn.Linear`` and a torch optimiser fed with the local update d^T x."""
 
@@ -250,10 +263,7 @@ class DigitalLayer(nn.Module):
     state_in_dram: bool = False
 
     def _count_state(self, nbytes: int) -> None:
-        if self.state_in_dram:
-            self.counters.dram_bytes += nbytes
-        else:
-            self.counters.sram_bytes += nbytes
+        _count_state_traffic(self.counters, nbytes, self.state_in_dram)
 
     def apply_update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """W <- optimiser step with gradient d^T x (and bias gradient sum_b d)."""
@@ -310,7 +320,7 @@ class AnalogLayer(nn.Module):
     def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "sgd",
                  bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                  norm_stat: str = "rms", seed: int = 0, engine: str = "torch", crossbar=None,
-                 counters: OpCounts | None = None, input_gain: float = 1.0):
+                 counters: OpCounts | None = None, input_gain: float = 1.0, init_range: float | None = None):
         super().__init__()
         if update not in ANALOG_UPDATES:
             raise ValueError(f"update={update!r}; choose one of {ANALOG_UPDATES}")
@@ -328,7 +338,8 @@ class AnalogLayer(nn.Module):
 
             if device is None:
                 raise ValueError("an analog layer needs a device profile (DeviceProfile or TOML path)")
-            crossbar = Crossbar(n_in + int(bias), n_out, device=device, seed=seed, engine=engine)
+            crossbar = Crossbar(n_in + int(bias), n_out, device=device, seed=seed, engine=engine,
+                                init_range=init_range)
         self.xbar = crossbar
         shape = (n_out, n_in + int(bias))
         if update in ("momentum", "adam"):
@@ -377,7 +388,7 @@ class AnalogLayer(nn.Module):
             self.m.mul_(self.momentum).add_(g)
             u = self.m
             c.digital_ops += 2 * g.numel()
-            c.sram_bytes += 2 * BYTES * g.numel()  # M read and written
+            self._count_state(2 * BYTES * g.numel())  # M read and written
         else:
             b1, b2 = self.betas
             self.step += 1
@@ -386,9 +397,16 @@ class AnalogLayer(nn.Module):
             self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
             u = (self.m / (1 - b1**t)) / ((self.v / (1 - b2**t)).sqrt() + self.eps)
             c.digital_ops += 10 * g.numel()
-            c.sram_bytes += 4 * BYTES * g.numel()  # m and v read and written
-        # Row-by-row transfer: update(I, U^T) applies sum_i U[:, i] e_i^T = U.
-        self.xbar.update(torch.eye(n_in, dtype=x.dtype, device=x.device), u.t().contiguous(), lr)
+            self._count_state(4 * BYTES * g.numel())  # m and v read and written
+        # Row-by-row transfer: row i driven alone with the column errors U[:, i] applies U.
+        self.xbar.update_rows(u, lr)
+
+    #: set by FFNet: True when the periphery state of all layers (m, v) exceeds the on-chip SRAM
+    #: (the rule and capacity of the digital layers and the backprop reference)
+    state_in_dram: bool = False
+
+    def _count_state(self, nbytes: int) -> None:
+        _count_state_traffic(self.counters, nbytes, self.state_in_dram)
 
     @property
     def periphery_state_bytes(self) -> int:
@@ -436,6 +454,7 @@ class FFNet(nn.Module):
                 layers.append(AnalogLayer(n_in, n_out, device=device, update=cfg.analog_update,
                                           bias=cfg.analog_bias, momentum=cfg.momentum, betas=cfg.betas,
                                           seed=cfg.seed * 1000 + i, engine=cfg.engine, counters=self.counters,
+                                          init_range=cfg.analog_init_range,
                                           input_gain=math.sqrt(n_in) if i > 0 and cfg.norm == "length" else 1.0,
                                           crossbar=None if crossbar_factory is None else
                                           crossbar_factory(n_in + int(cfg.analog_bias), n_out, cfg.seed * 1000 + i)))
@@ -445,6 +464,12 @@ class FFNet(nn.Module):
 
             per_param = 2 + OPTIMIZER_STATE_PER_PARAM.get({"momentum": "sgd_momentum"}.get(cfg.optimizer, cfg.optimizer), 0)
             resident = BYTES * per_param * sum(lay.n_params for lay in layers)  # weights, grads, state
+            for lay in layers:
+                lay.state_in_dram = resident > DEFAULT_SRAM_CAPACITY_BYTES
+        else:  # the weights live on the arrays; the periphery's optimiser state (m, v) needs memory
+            from analogff.reference import DEFAULT_SRAM_CAPACITY_BYTES
+
+            resident = sum(lay.periphery_state_bytes for lay in layers)
             for lay in layers:
                 lay.state_in_dram = resident > DEFAULT_SRAM_CAPACITY_BYTES
         for i, n in enumerate(dims[1:]):  # batch-norm statistics (used only when norm="batch")

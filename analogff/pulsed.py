@@ -985,6 +985,23 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
 
 
+def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float):
+    """:func:`_coincidence_moments` of ``x = I, d = u^T``: row i driven alone (value 1) with the
+    column errors ``u[:, i]``, the row-by-row transfer of a digital update matrix u (out, in). Each
+    device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value."""
+    n_in = u.shape[1]
+    ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
+    bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
+    px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
+    pd = _probabilities(u.T, a, up).T  # (out, in)
+    dd = pd * (bl * px)
+    m2 = dd * pd * px
+    zero = torch.zeros((), device=u.device)
+    pos, neg = u > 0, u < 0  # positive errors lower the weight
+    return (torch.where(neg, dd, zero), torch.where(pos, dd, zero),
+            torch.where(neg, m2, zero), torch.where(pos, m2, zero), 1.0)
+
+
 class _SingleCell:
     """One device per cross-point (ConstantStep, LinearStep, SoftBounds(Reference), ExpStep)."""
 
@@ -1003,6 +1020,11 @@ class _SingleCell:
 
     def set_weights(self, w: Tensor, rng: _Rng) -> None:
         self.arr.set_weights(w, rng)
+
+    def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
+        """Row-by-row transfer of u (out, in); every device gets one sample's pulses."""
+        mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.up, self.gran)
+        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         # aihwkit pulses sample after sample: where the step depends on the weight or a bound is
@@ -1070,11 +1092,17 @@ class _OneSidedCell:
         self.devs[0].set_weights((-w).clamp(min=0), rng)
         self.n_samples = 0
 
+    def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
+        """Row-by-row transfer of u (out, in), as ``in`` samples."""
+        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran), u.shape[1], rng)
+
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
-        mu_u, mu_d, m2_u, m2_d, sc = _coincidence_moments(x, d, lr, self.up, self.gran, rng)
+        return self._apply_moments(_coincidence_moments(x, d, lr, self.up, self.gran, rng), x.shape[0], rng)
+
+    def _apply_moments(self, moments: tuple, b: int, rng: _Rng) -> float:
+        mu_u, mu_d, m2_u, m2_d, sc = moments
         pulses = self.devs[1].pulse(mu_u, None, m2_u, None, rng, m2_scale=sc, post=True)  # raise w: g_plus up
         pulses += self.devs[0].pulse(mu_d, None, m2_d, None, rng, m2_scale=sc, post=True)  # lower w: g_minus up
-        b = x.shape[0]
         every = int(self.cfg.refresh_every)
         if every > 0:
             if bool(self.cfg.units_in_mbatch):
@@ -1260,6 +1288,10 @@ class _MixedPrecisionCell:
         self.arr.post_update(rng)
         return pulses
 
+    def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
+        """Row-by-row transfer of u (out, in): the generic update with x = I (chi accumulates lr u)."""
+        return self.update(torch.eye(u.shape[1], device=u.device, dtype=u.dtype), u.T, lr, rng)
+
     def _transfer(self, rng: _Rng) -> float:
         """MixedPrecRPUDeviceBase::transfer + MixedPrecRPUDevice::forwardUpdate, all rows at once."""
         c = self.cfg
@@ -1437,6 +1469,18 @@ class TorchPulsedEngine:
             return 0
         with torch.no_grad():
             return int(round(self.cell.update(x, d, float(lr), self.rng)))
+
+    def update_rows(self, u: Tensor, lr: float) -> int:
+        """``w <- w - lr u`` for a dense update matrix u (out, in), transferred row by row: row i is
+        driven alone (value 1) with the column errors ``u[:, i]``, as ``update(I, u.T, lr)`` does
+        (same pulse statistics), without its (in x in) GEMMs. Returns the number of pulses."""
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        u = u.detach().to(self.device, torch.float32).reshape(self.out_features, self.in_features).contiguous()
+        if lr == 0:
+            return 0
+        with torch.no_grad():
+            return int(round(self.cell.update_rows(u, float(lr), self.rng)))
 
     # -- weights and state -------------------------------------------------------------------
     def get_weights(self) -> Tensor:

@@ -1,16 +1,18 @@
 """Speed of one Forward-Forward training step on a crossbar: torch engine vs aihwkit vs digital.
 
 One step of one layer, as ``analogff.ff`` runs it: the forward MVMs of the positive and of the
-negative data of a mini-batch of 100 (one call on the 200 rows [pos; neg]) and one update
-``W <- W - lr d^T x`` with the layer's local FF error d (SymBa loss, and the analog update rule
-and learning rate of the main job's defaults, ``ExperimentConfig``: the pulse counts are those of
-real training).
+negative data of a mini-batch of 100 (one call on the 200 rows [pos; neg]) and one update with
+the layer's local FF error d (SymBa loss), by the analog update rule and learning rate of the main
+job's defaults (``ExperimentConfig``: the pulse counts are those of real training): ``adam``, the
+periphery's Adam step on g = d^T x transferred row by row (``update_rows``), or plain pulses
+``W <- W - lr d^T x`` (``sgd``, ``normalized``).
 Inputs are MNIST images with the label overlaid (random sparse images if MNIST is not cached).
 
 * ``aihwkit``: ``Crossbar(engine="aihwkit")``, aihwkit's C++ tile (sample-by-sample pulses);
 * ``torch``: ``Crossbar(engine="torch")``, analogff's batched engine (``torch.compile``d kernels on
   big tiles: the first step, which compiles, is reported separately and not timed);
-* ``digital``: the same step in float32 torch: ``x @ W.T`` and ``W -= lr d^T x``.
+* ``digital``: the same step in float32 torch: ``x @ W.T`` and ``W -= lr d^T x`` (adam: the same
+  Adam step on d^T x).
 
 The engines are timed as ``Crossbar.engine`` (MVMs and pulsed update); the width sweep also times
 the torch engine through ``Crossbar`` (input checks, operation and read-energy counting).
@@ -23,7 +25,8 @@ samples/s = 100 / (seconds per step). Prints markdown tables (for the README) in
    the pulses, the torch engine's does not), with the time of one full-MNIST epoch of a 784-500-500
    analog FF net on the torch engine (600 steps of both layers; step time only, no data loading).
 
-Usage: ``python benchmarks/engine_speed.py [--quick] [--threads N] [--profile NAME]``.
+Usage: ``python benchmarks/engine_speed.py [--quick] [--threads N] [--profile NAME] [--torch-device cuda]
+[--engines torch,aihwkit]``.
 """
 
 from __future__ import annotations
@@ -76,13 +79,36 @@ def layer_error(x: torch.Tensor, w: torch.Tensor, rule: str) -> torch.Tensor:
     return d
 
 
-def time_steps(step, repeats: int, budget_s: float) -> float:
+class Adam:
+    """The periphery's (and the digital layer's) Adam on the update matrix g = d^T x (as
+    analogff.ff.AnalogLayer does it): returns the step direction u, W <- W - lr u."""
+
+    def __init__(self, shape: tuple[int, int], device: torch.device):
+        self.m = torch.zeros(shape, device=device)
+        self.v = torch.zeros(shape, device=device)
+        self.t = 0
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        self.m.mul_(0.9).add_(g, alpha=0.1)
+        self.v.mul_(0.999).addcmul_(g, g, value=0.001)
+        return (self.m / (1 - 0.9**self.t)) / ((self.v / (1 - 0.999**self.t)).sqrt() + 1e-8)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, repeats: int, budget_s: float, device: torch.device = torch.device("cpu")) -> float:
     """Median seconds of ``step()`` over ``repeats`` calls (fewer if they exceed ``budget_s``)."""
     times: list[float] = []
     start = time.perf_counter()
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - t)
         if time.perf_counter() - start > budget_s and len(times) >= 1:
             break
@@ -91,9 +117,10 @@ def time_steps(step, repeats: int, budget_s: float) -> float:
 
 def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeats: int, budget_s: float,
                 gen: torch.Generator, crossbar: bool = False, rule: str | None = None,
-                lr: float | None = None) -> dict[str, float]:
+                lr: float | None = None, device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Seconds per FF step (forward of 2 x 100 rows + one update) for each engine and digital,
-    and the pulses per device of one update (torch engine)."""
+    and the pulses per device of one update (torch engine). ``device``: where torch computes (the
+    aihwkit engine always runs on the CPU)."""
     rule, lr = rule or RULE, LR if lr is None else lr
     x, _ = mnist_batch(gen)
     if n_in != IN:  # a hidden layer: normalised ReLU activities of the layer below
@@ -102,39 +129,54 @@ def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeat
     out: dict[str, float] = {}
     w = (torch.rand(width, n_in, generator=gen) * 2 - 1) / n_in**0.5
     d = layer_error(x, w, rule)
+    x, d = x.to(device), d.to(device)
 
-    w_dig = w.clone()
+    w_dig = w.clone().to(device)
+    adam_dig = Adam(tuple(w.shape), device)
 
     def digital_step() -> None:
         y = x @ w_dig.T  # the pos and the neg forward
-        w_dig.add_(d.T @ x, alpha=-lr)  # outer-product update
+        g = d.T @ x  # the local update matrix
+        w_dig.add_(adam_dig(g) if rule == "adam" else g, alpha=-lr)
         del y
 
-    time_steps(digital_step, 2, budget_s)
-    out["digital"] = time_steps(digital_step, max(repeats, 10), budget_s)
+    time_steps(digital_step, 2, budget_s, device)
+    out["digital"] = time_steps(digital_step, max(repeats, 10), budget_s, device)
     for engine in engines:
         xbar = Crossbar(n_in, width, device=profile, seed=0, engine=engine)
         xbar.set_weights(w)
+        if engine == "torch":
+            xbar.to(device)
         eng, tile_lr = xbar.engine, lr / xbar.w_scale
+        adam = Adam(tuple(w.shape), device)
+        eye = torch.eye(n_in, device=device)
 
-        def step() -> None:  # the engine itself: MVMs and pulsed update in device units
+        def update() -> float:  # the engine itself: pulsed update in device units
+            if rule != "adam":
+                return eng.update(x, d, tile_lr)
+            u = adam(d.T @ x)  # the periphery's Adam, then the row-by-row transfer
+            return eng.update_rows(u, tile_lr) if engine == "torch" else eng.update(eye, u.T, tile_lr)
+
+        def step() -> None:  # MVMs and pulsed update
             eng.forward(x, False)
-            eng.update(x, d, tile_lr)
+            update()
 
         t0 = time.perf_counter()
         step()  # warm-up (torch.compile happens here on big tiles)
+        sync(device)
         out[f"{engine}_first"] = time.perf_counter() - t0
-        out[engine] = time_steps(step, repeats, budget_s)
+        out[engine] = time_steps(step, repeats, budget_s, device)
         if engine == "torch":
-            out["pulses_per_device"] = eng.update(x, d, tile_lr) / (n_in * width)
+            out["pulses_per_device"] = update() / (n_in * width)
         if engine == "torch" and crossbar:
+            layer_step = AnalogLayer(n_in - 1, width, update=rule, crossbar=xbar, bias=True).to(device)
 
-            def xbar_step() -> None:  # plus the Crossbar's checks and operation / energy counting
+            def xbar_step() -> None:  # plus the layer's periphery, the Crossbar's checks and counting
                 xbar.forward(x)
-                xbar.update(x, d, lr)
+                layer_step.apply_update(x[:, :-1], d, lr)
 
             xbar_step()
-            out["torch_xbar"] = time_steps(xbar_step, repeats, budget_s)
+            out["torch_xbar"] = time_steps(xbar_step, repeats, budget_s, device)
     return out
 
 
@@ -170,14 +212,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch (and aihwkit OpenMP) threads; default: all cores unless busy, then 1")
     p.add_argument("--profile", default="reram_sb", help="profile of the width sweep (devices/NAME.toml)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--torch-device", default="cpu", help="where the torch engine and digital run: cpu | cuda")
+    p.add_argument("--engines", default="torch,aihwkit", help="comma list; aihwkit runs on the CPU only")
     args = p.parse_args(argv)
+    device = torch.device(args.torch_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--torch-device {args.torch_device}: torch sees no CUDA GPU here")
+    engines = [e for e in args.engines.split(",") if e]
+    if not engines or set(engines) - {"torch", "aihwkit"}:
+        p.error(f"--engines {args.engines!r}: a comma list of torch, aihwkit")
     threads = args.threads or pick_threads()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, LR, RULE
+    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, AnalogLayer, LR, RULE
     from analogff.crossbar import Crossbar
     from analogff.devices import list_devices, load_device
-    from analogff.ff import FFConfig, ff_loss_and_error, overlay_label
+    from analogff.ff import AnalogLayer, FFConfig, ff_loss_and_error, overlay_label
 
     try:
         from analogff.experiment import ExperimentConfig
@@ -186,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         LR, RULE = float(job.ff_lr_analog), str(job.analog_update)
     except Exception:  # keep the module defaults
         pass
-    if RULE not in ("sgd", "normalized"):
-        RULE = "sgd"
+    if RULE not in ("sgd", "normalized", "adam"):
+        RULE = "adam"
 
     widths = [256, 500] if args.quick else [256, 500, 1000, 2000]
     repeats = args.repeats or (3 if args.quick else 5)
@@ -199,25 +249,37 @@ def main(argv: list[str] | None = None) -> int:
     sweep_profile = ROOT / "devices" / f"{args.profile}.toml"
     load_device(sweep_profile)
 
-    print(f"# Engine speed: one analog FF step (forward of 2 x {BATCH} rows + one update), CPU\n")
+    where = "CPU" if device.type == "cpu" else f"{torch.cuda.get_device_name(device)} (aihwkit on the CPU)"
+    print(f"# Engine speed: one analog FF step (forward of 2 x {BATCH} rows + one update), {where}\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), ANALOGFF_COMPILE="
+          f"({platform.processor() or platform.machine()}), torch device {device}, ANALOGFF_COMPILE="
           f"{os.environ.get('ANALOGFF_COMPILE', 'auto')}; median of {repeats} steps; update rule {RULE}, lr {LR}, "
           "MNIST rows\n")
 
+    def ms(r: dict, key: str) -> str:
+        return f"{r[key] * 1e3:.1f}" if key in r else "-"
+
+    def rate(r: dict, key: str) -> str:
+        return fmt_rate(r[key]) if key in r else "-"
+
+    def ratio(r: dict, slow: str, fast: str, digits: int = 0) -> str:
+        return f"{r[slow] / r[fast]:.{digits}f}x" if slow in r and fast in r else "-"
+
     print(f"## Width sweep, {args.profile} ({IN} inputs; main job's update rule)\n")
     print("| width | digital samples/s | torch samples/s | aihwkit samples/s | torch / aihwkit | "
-          "torch time / digital | torch in Crossbar samples/s | torch first step (compile), s |")
+          "torch time / digital | torch in AnalogLayer samples/s | torch first step (compile), s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in widths:
-        r = bench_width(sweep_profile, IN, width, ["torch", "aihwkit"], repeats, budget, gen, crossbar=True)
-        print(f"| {width} | {fmt_rate(r['digital'])} | {fmt_rate(r['torch'])} | {fmt_rate(r['aihwkit'])} | "
-              f"{r['aihwkit'] / r['torch']:.0f}x | {r['torch'] / r['digital']:.1f}x | {fmt_rate(r['torch_xbar'])} | "
-              f"{r['torch_first']:.1f} |", flush=True)
+        r = bench_width(sweep_profile, IN, width, engines, repeats, budget, gen, crossbar="torch" in engines,
+                        device=device)
+        print(f"| {width} | {rate(r, 'digital')} | {rate(r, 'torch')} | {rate(r, 'aihwkit')} | "
+              f"{ratio(r, 'aihwkit', 'torch')} | {ratio(r, 'torch', 'digital', 1)} | {rate(r, 'torch_xbar')} | "
+              f"{r.get('torch_first', float('nan')):.1f} |", flush=True)
 
     print(f"\n## Every profile at {IN} x 500, two pulse densities\n")
-    print(f"*main job*: the update rule and lr of ExperimentConfig ({RULE}, lr {LR}); *dense*: the "
-          f"`normalized` rule at lr {DENSE_LR} (hundreds of pulses per device and step: aihwkit's "
+    print(f"*main job*: the update rule and lr of ExperimentConfig ({RULE}, lr {LR}; adam: the periphery's "
+          f"Adam step transferred row by row, the digital step with the same Adam); *dense*: plain pulses "
+          f"with the `normalized` rule at lr {DENSE_LR} (hundreds of pulses per device and step: aihwkit's "
           "seconds-long updates). ms per step; epoch = 600 steps of a 784-500-500 net on the torch engine "
           "(engine time only, main job).\n")
     print("| profile | preset | digital ms | pulses/device (main) | torch ms (main) | aihwkit ms (main) | "
@@ -225,15 +287,15 @@ def main(argv: list[str] | None = None) -> int:
           "torch / aihwkit (dense) | torch time / digital | epoch s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for prof in profiles:
-        r = bench_width(prof, IN, 500, ["torch", "aihwkit"], repeats, budget, gen)
-        rd = bench_width(prof, IN, 500, ["torch", "aihwkit"], repeats, budget, gen, rule="normalized", lr=DENSE_LR)
-        r2 = bench_width(prof, 500, 500, ["torch"], repeats, budget, gen)
-        epoch = 600 * (r["torch"] + r2["torch"])
-        print(f"| {prof.stem} | {load_device(prof).preset} | {r['digital'] * 1e3:.1f} | "
-              f"{r['pulses_per_device']:.1f} | {r['torch'] * 1e3:.1f} | {r['aihwkit'] * 1e3:.0f} | "
-              f"{r['aihwkit'] / r['torch']:.0f}x | {rd['pulses_per_device']:.0f} | {rd['torch'] * 1e3:.1f} | "
-              f"{rd['aihwkit'] * 1e3:.0f} | {rd['aihwkit'] / rd['torch']:.0f}x | {r['torch'] / r['digital']:.1f}x | "
-              f"{epoch:.0f} |", flush=True)
+        r = bench_width(prof, IN, 500, engines, repeats, budget, gen, device=device)
+        rd = bench_width(prof, IN, 500, engines, repeats, budget, gen, rule="normalized", lr=DENSE_LR, device=device)
+        r2 = bench_width(prof, 500, 500, [e for e in engines if e == "torch"], repeats, budget, gen, device=device)
+        epoch = f"{600 * (r['torch'] + r2['torch']):.0f}" if "torch" in r else "-"
+        print(f"| {prof.stem} | {load_device(prof).preset} | {ms(r, 'digital')} | "
+              f"{r.get('pulses_per_device', float('nan')):.1f} | {ms(r, 'torch')} | {ms(r, 'aihwkit')} | "
+              f"{ratio(r, 'aihwkit', 'torch')} | {rd.get('pulses_per_device', float('nan')):.0f} | {ms(rd, 'torch')} | "
+              f"{ms(rd, 'aihwkit')} | {ratio(rd, 'aihwkit', 'torch')} | {ratio(r, 'torch', 'digital', 1)} | "
+              f"{epoch} |", flush=True)
     return 0
 
 

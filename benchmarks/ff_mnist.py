@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analogff.ff import FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
+from analogff.ff import ANALOG_UPDATES, FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
 
 # name -> (dims, epochs, batch size, config). "default" is FFConfig() on the main job's net.
 RECIPES = {
@@ -43,9 +43,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, help="override the FF layers' learning rate")
     p.add_argument("--layer", choices=("digital", "analog"), default="digital")
     p.add_argument("--device", help="device profile TOML for --layer analog, e.g. devices/reram_es.toml")
-    p.add_argument("--update", choices=("sgd", "normalized", "momentum", "adam"), default="sgd",
+    p.add_argument("--update", choices=ANALOG_UPDATES, default=FFConfig.analog_update,
                    help="analog periphery update rule")
     p.add_argument("--engine", default="torch", help="crossbar engine for --layer analog")
+    p.add_argument("--init-range", type=float, help="analog weight mapping (default: the profile's [mapping] init_range)")
     p.add_argument("--train-samples", type=int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-goodness-every", type=int, default=1)
     p.add_argument("--json", help="write the configuration and per-epoch history here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--torch-device", default="cpu", help="where torch computes: cpu | cuda | cuda:N")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -68,16 +70,19 @@ def main(argv=None) -> int:
     if args.layer == "analog":
         if not args.device:
             p.error("--layer analog needs --device devices/<profile>.toml")
-        cfg = replace(cfg, analog_update=args.update, engine=args.engine)
+        cfg = replace(cfg, analog_update=args.update, engine=args.engine, analog_init_range=args.init_range)
 
     data = load_mnist_data()
     if args.train_samples:
         x, y = data["train"]
         data["train"] = (x[:args.train_samples], y[:args.train_samples])
-    net = FFNet(dims, layer=args.layer, device=args.device, config=cfg)
+    if args.torch_device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--torch-device {args.torch_device}: torch sees no CUDA GPU here; use --torch-device cpu")
+    net = FFNet(dims, layer=args.layer, device=args.device, config=cfg).to(args.torch_device)
     print(f"# FF on MNIST: recipe {name}, dims {dims}, {epochs} epochs, batch {batch_size}, "
           f"{args.layer} layers{' on ' + args.device if args.device else ''}, seed {args.seed}, "
-          f"{args.threads} threads, {platform.processor() or platform.machine()}", flush=True)
+          f"{args.threads} threads, {platform.processor() or platform.machine()}, torch device {_device_name(args.torch_device)}",
+          flush=True)
     print(f"# {cfg}", flush=True)
     t0 = time.perf_counter()
     hist = train_ff(net, data, epochs=epochs, batch_size=batch_size, seed=args.seed,
@@ -111,6 +116,10 @@ def main(argv=None) -> int:
                                                "config": asdict(cfg), "history": hist,
                                                "counts": counts.as_dict()}, indent=1))
     return 0
+
+
+def _device_name(dev: str) -> str:
+    return torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else "cpu"
 
 
 def _print_epoch(m: dict) -> None:

@@ -149,3 +149,59 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     assert torch.allclose(a.get_weights(), b.get_weights())
     assert b.counters == a.counters
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", ["idealized", "reram_sb", "pcm"])
+def test_update_rows_is_the_row_by_row_update(name, engine):
+    """update_rows(U) applies W - lr U with the pulses of update(I, U^T): same mean change per device
+    (the torch engine computes it element-wise, not through an identity batch)."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(32, 64, generator=g)
+    a = Crossbar(64, 32, device=DEVICES / f"{name}.toml", seed=0, engine=engine)
+    b = Crossbar(64, 32, device=DEVICES / f"{name}.toml", seed=0, engine=engine)
+    w0 = a.get_weights()
+    lr = 20 * float(a.w_scale) * 1e-3 * (5 if name == "reram_sb" else 1)  # a few pulses per device
+    for _ in range(3):
+        a.update_rows(u, lr)
+        b.update(torch.eye(64), u.T, lr)
+    da, db = a.get_weights() - w0, b.get_weights() - w0
+    assert a.counters.updates == b.counters.updates == 3 * 64
+    assert a.counters.update_pulses == pytest.approx(b.counters.update_pulses, rel=0.1)
+    # both move every weight against u, by the same amount on average
+    assert torch.corrcoef(torch.stack([da.flatten(), -u.flatten()]))[0, 1] > 0.5
+    assert (da * -u.sign()).mean() == pytest.approx(float((db * -u.sign()).mean()), rel=0.15)
+
+
+def test_update_rows_rejects_a_wrong_shape():
+    xbar = Crossbar(8, 4, device=DEVICES / "idealized.toml", engine="torch")
+    with pytest.raises(ValueError, match="shape"):
+        xbar.update_rows(torch.zeros(8, 4), 0.1)
+
+
+def test_moving_a_parent_module_moves_the_torch_engine():
+    """FFNet.to(device) reaches the crossbar's engine (nn.Module.to does not call a child's .to)."""
+    xbar = Crossbar(8, 4, device=DEVICES / "idealized.toml", engine="torch")
+    parent = torch.nn.Sequential(xbar)
+    moved = []
+    real_to = xbar.engine.to
+    xbar.engine.to = lambda dev: moved.append(torch.device(dev)) or real_to(dev)
+    xbar.engine.device = torch.device("meta")  # pretend it lives elsewhere
+    parent.to("cpu")
+    assert moved == [torch.device("cpu")]
+    parent.double()  # a dtype change is not a move
+    assert moved == [torch.device("cpu")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_analog_ff_step_runs_on_cuda():
+    from analogff.ff import FFConfig, FFNet
+
+    net = FFNet([784, 32, 32], layer="analog", device=DEVICES / "ecram.toml",
+                config=FFConfig(analog_update="adam")).to("cuda")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 784, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    out = net.train_step(x, y, g)
+    assert all(torch.isfinite(torch.tensor(v)) for v in out["layer_losses"])
+    assert net.layers[0].xbar.engine.device.type == "cuda"
+    assert net.total_counts().read_v2g_W > 0

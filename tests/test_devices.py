@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +92,9 @@ def toml_of(data: dict) -> str:
         (lambda d: d.update(energy={"dram_J_per_byte": -1.0}), "energy.dram_J_per_byte", "dram_J_per_byte"),
         (lambda d: d.update(energy={"adc_J": 1.0}), "energy.adc_J", "unknown"),
         (lambda d: d.update(inference={"noise_model": "Magic"}), "inference.noise_model", "PCMLikeNoiseModel"),
+        (lambda d: d.update(mapping={"init_range": 1.5}), "mapping.init_range", "(0, 1]"),
+        (lambda d: d.update(mapping={"init_range": "wide"}), "mapping.init_range", "(0, 1]"),
+        (lambda d: d.update(mapping={"omega": 0.5}), "mapping.omega", "init_range"),
     ],
 )
 def test_broken_profile_names_field_and_allowed(mutate, field, words):
@@ -154,3 +158,23 @@ def test_random_overrides_load_or_fail_cleanly(path, value):
     for part in path[:-1]:
         obj = getattr(obj, part)
     assert getattr(obj, path[-1]) == value or (isinstance(value, float) and math.isclose(getattr(obj, path[-1]), value))
+
+
+def test_mapping_init_range_sets_the_crossbar_scale():
+    """[mapping] init_range: the initial weights reach that fraction of the device bound."""
+    from analogff.crossbar import Crossbar
+
+    data = copy.deepcopy(VALID)
+    data["aihwkit"]["preset"] = "IdealizedPreset"  # no write noise: the programmed weights are exact
+    narrow = profile_from_dict(data)
+    data["mapping"] = {"init_range": 0.6}
+    wide = profile_from_dict(data)
+    assert narrow.init_range == 0.3 and wide.init_range == 0.6 and wide.to_dict()["init_range"] == 0.6
+    a = Crossbar(50, 10, device=narrow, engine="torch")
+    b = Crossbar(50, 10, device=wide, engine="torch")
+    assert a.w_scale == pytest.approx(2 * b.w_scale)  # same logical weights on twice the device range
+    wa, wb = a.get_weights(), b.get_weights()
+    same = (wa - wb).abs() < 1e-5
+    assert same.float().mean() > 0.9  # the rest: clipped by a device whose bound varies (w_max_dtod)
+    assert (wb.abs() <= wa.abs() + 1e-6).all()
+    assert Crossbar(50, 10, device=wide, engine="torch", init_range=0.3).w_scale == pytest.approx(a.w_scale)

@@ -49,6 +49,11 @@ class FakeCrossbar:
         self.counters.updates += x.shape[0]
         self.w -= lr * d.t() @ x
 
+    def update_rows(self, u, lr):
+        self.calls.append((u.shape[1], lr))
+        self.counters.updates += u.shape[1]
+        self.w -= lr * u
+
 
 def synthetic(n=300, dim=784, seed=0):
     """Ten well-separated classes: class k lights up its own block of pixels (away from the label)."""
@@ -398,3 +403,22 @@ def test_digital_state_goes_to_dram_like_the_bp_reference_when_it_does_not_fit()
         net.layers[0].apply_update(x, torch.rand(4, net.layers[0].linear.out_features), 1e-3)
     assert small.counters.dram_bytes == 0 and small.counters.sram_bytes > 0
     assert big.counters.dram_bytes > 0
+
+
+@pytest.mark.parametrize("update", ["adam", "momentum", "sgd"])
+def test_analog_periphery_state_goes_to_dram_by_the_same_rule(update):
+    """The periphery's m (and v) follow the digital layers' memory rule: > 1 MiB lives in DRAM."""
+    from analogff.ff import FFConfig, FFNet
+
+    cfg = FFConfig(analog_update=update)
+    small = FFNet([20, 16, 16], layer="analog", config=cfg, crossbar_factory=FakeCrossbar)
+    big = FFNet([784, 500, 500], layer="analog", config=cfg, crossbar_factory=FakeCrossbar)  # m, v: 5 MB
+    for net, n_in in ((small, 20), (big, 784)):
+        x = torch.rand(4, n_in)
+        net.layers[0].apply_update(x, torch.rand(4, net.layers[0].n_out), 1e-3)
+    assert small.counters.dram_bytes == 0
+    if update == "sgd":  # no state: nothing to store
+        assert big.counters.dram_bytes == 0 and big.periphery_state_bytes < 1 << 20
+    else:
+        per_weight = {"adam": 4, "momentum": 2}[update] * 4  # state read and written, fp32
+        assert big.counters.dram_bytes == per_weight * 500 * 785
