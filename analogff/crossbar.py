@@ -149,6 +149,7 @@ class Crossbar(nn.Module):
         self._counters = OpCounts()
         self._read_pending: Tensor | None = None  # read energy not yet added to counters (no GPU sync)
         self._gsum_cache: Tensor | None = None
+        self._inv_bounds: tuple[Tensor, Tensor, bool] | None = None
         self._drift: dict[str, Any] | None = None
 
         if engine == "aihwkit":
@@ -267,17 +268,29 @@ class Crossbar(nn.Module):
 
     def _relative_conductances(self) -> tuple[Tensor, Tensor]:
         """(G+, G-) as fractions in [0, 1] of the programmable span g_max - g_min."""
-        state = self.engine.device_state()
-        w = self.engine.get_weights()
-        if "hidden_weights_0" in state and "max_bound_0" in state:  # one-sided pair (PCM)
-            # aihwkit's OneSidedUnitCell: device 0 carries the negative part, device 1 the positive
-            gp = state["hidden_weights_1"] / state["max_bound_1"].clamp(min=1e-12)
-            gm = state["hidden_weights_0"] / state["max_bound_0"].clamp(min=1e-12)
+        inv_p, inv_m, one_sided = self._inverse_bounds()
+        if one_sided:  # aihwkit's OneSidedUnitCell: device 0 carries the negative part, device 1 the positive
+            state = self.engine.device_state()
+            gp, gm = state["hidden_weights_1"] * inv_p, state["hidden_weights_0"] * inv_m
         else:
-            upper = state.get("max_bound", torch.full_like(w, self.w_bound)).abs().clamp(min=1e-12)
-            lower = state.get("min_bound", torch.full_like(w, -self.w_bound)).abs().clamp(min=1e-12)
-            gp, gm = w.clamp(min=0) / upper, (-w).clamp(min=0) / lower
+            w = self.engine.get_weights()
+            gp, gm = w.clamp(min=0) * inv_p, (-w).clamp(min=0) * inv_m
         return gp.clamp(0, 1), gm.clamp(0, 1)
+
+    def _inverse_bounds(self) -> tuple[Tensor, Tensor, bool]:
+        """1 / (each device's bound that maps to g_max) for G+ and G-, cached (device-to-device
+        parameters are drawn once; a state load or a move clears the cache)."""
+        if self._inv_bounds is None:
+            state = self.engine.device_state()
+            if "hidden_weights_0" in state and "max_bound_0" in state:  # one-sided pair (PCM)
+                up, lo, one_sided = state["max_bound_1"], state["max_bound_0"], True
+            else:
+                w = self.engine.get_weights()
+                up = state.get("max_bound", torch.full_like(w, self.w_bound))
+                lo = state.get("min_bound", torch.full_like(w, -self.w_bound))
+                one_sided = False
+            self._inv_bounds = (1.0 / up.abs().clamp(min=1e-12), 1.0 / lo.abs().clamp(min=1e-12), one_sided)
+        return self._inv_bounds
 
     # -- drift: inference t seconds after programming ---------------------------------------------
     def drift_to(self, t_seconds: float, seed: int | None = None, compensate: bool = True) -> None:
@@ -388,7 +401,7 @@ class Crossbar(nn.Module):
         if hasattr(self.engine, "to") and getattr(self.engine, "device", target) != target:
             self.flush_counters()
             self.engine.to(target)
-            self._gsum_cache = None
+            self._gsum_cache = self._inv_bounds = None
         return super()._apply(fn, recurse)
 
     def flush_counters(self) -> None:
@@ -407,7 +420,7 @@ class Crossbar(nn.Module):
         self.engine.load_state(state["engine_state"])
         self.w_scale = state["w_scale"]
         self.counters = OpCounts(**state["counters"])
-        self._gsum_cache = None
+        self._gsum_cache = self._inv_bounds = None
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -985,7 +985,21 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
 
 
-def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float):
+def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
+    """Element-wise core of :func:`_rowwise_moments`: column probabilities |u| a (discretised to
+    ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d and second moment, split by sign."""
+    p = u.abs() * a
+    if res > 0:
+        p = torch.round(p / res) * res
+    p = p.clamp(max=1.0)
+    dd = p * (bl * px)
+    m2 = dd * p * px
+    zero = torch.zeros((), device=u.device)
+    pos, neg = u > 0, u < 0  # positive errors lower the weight
+    return torch.where(neg, dd, zero), torch.where(pos, dd, zero), torch.where(neg, m2, zero), torch.where(pos, m2, zero)
+
+
+def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: _Kernels | None = None):
     """:func:`_coincidence_moments` of ``x = I, d = u^T``: row i driven alone (value 1) with the
     column errors ``u[:, i]``, the row-by-row transfer of a digital update matrix u (out, in). Each
     device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value."""
@@ -993,13 +1007,10 @@ def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float):
     ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
     bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
     px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
-    pd = _probabilities(u.T, a, up).T  # (out, in)
-    dd = pd * (bl * px)
-    m2 = dd * pd * px
-    zero = torch.zeros((), device=u.device)
-    pos, neg = u > 0, u < 0  # positive errors lower the weight
-    return (torch.where(neg, dd, zero), torch.where(pos, dd, zero),
-            torch.where(neg, m2, zero), torch.where(pos, m2, zero), 1.0)
+    res = float(getattr(up, "res", 0) or 0)  # as _probabilities discretises the column probabilities
+    res = 0.0 if bool(getattr(up, "sto_round", False)) else (1.0 / res if res > 1.0 else res)
+    run = kernels if kernels is not None else (lambda name, *args: globals()[name](*args))
+    return (*run("_k_rowwise", u, a, px, bl, res), 1.0)
 
 
 class _SingleCell:
@@ -1023,7 +1034,7 @@ class _SingleCell:
 
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in); every device gets one sample's pulses."""
-        mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.up, self.gran)
+        mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.up, self.gran, self.arr.k)
         return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
@@ -1094,7 +1105,7 @@ class _OneSidedCell:
 
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in), as ``in`` samples."""
-        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran), u.shape[1], rng)
+        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran, self.devs[0].k), u.shape[1], rng)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         return self._apply_moments(_coincidence_moments(x, d, lr, self.up, self.gran, rng), x.shape[0], rng)

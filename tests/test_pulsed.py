@@ -358,3 +358,22 @@ def test_compiled_kernels_match_eager(name):
         ws.append(t.get_weights())
     # same random bits; fused code may round differently (and flip a rare pulse decision)
     assert float((ws[0] - ws[1]).abs().gt(1e-3).float().mean()) < 0.01
+
+
+@pytest.mark.parametrize("name", ["idealized", "reram_sb", "pcm", "capacitor"])
+def test_rowwise_moments_equal_the_identity_batch(name):
+    """The element-wise row-by-row moments are exactly the GEMM moments of the batch x = I, d = u^T."""
+    from analogff.pulsed import _Rng, _coincidence_moments, _rowwise_moments, weight_granularity
+
+    cfg = load_device(DEVICES / f"{name}.toml").rpu_config()
+    gran = weight_granularity(cfg.device)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(12, 30, generator=g) * torch.rand(1, 30, generator=g)  # rows of different scales
+    u[:, 3] = 0.0  # a row with nothing to transfer
+    for lr in (gran * 0.5, gran * 40):
+        fast = _rowwise_moments(u, lr, cfg.update, gran)
+        ref = _coincidence_moments(torch.eye(30), u.T.contiguous(), lr, cfg.update, gran, _Rng(0, torch.device("cpu")),
+                                   max_second=0)
+        for a, b in zip(fast[:4], ref[:4]):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert fast[4] == ref[4] == 1.0
