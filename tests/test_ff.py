@@ -422,3 +422,22 @@ def test_analog_periphery_state_goes_to_dram_by_the_same_rule(update):
     else:
         per_weight = {"adam": 4, "momentum": 2}[update] * 4  # state read and written, fp32
         assert big.counters.dram_bytes == per_weight * 500 * 785
+
+
+def test_default_analog_recipe_learns_real_mnist_slice(monkeypatch):
+    """The default analog rule (periphery Adam, row-by-row transfer) on the ecram crossbar learns a
+    slice of real MNIST (50 steps of 100 images), with no backward ADC conversion."""
+    from pathlib import Path
+
+    from analogff.ff import FFConfig, FFNet, load_mnist_data, train_ff
+
+    monkeypatch.setenv("ANALOGFF_COMPILE", "0")  # eager kernels: no compile time in the test
+    data = load_mnist_data()
+    (x, y), (xt, yt) = data["train"], data["test"]
+    small = {"train": (x[:5000], y[:5000]), "test": (xt[:1000], yt[:1000])}
+    ecram = Path(__file__).resolve().parents[1] / "devices" / "ecram.toml"
+    net = FFNet([784, 200, 200], layer="analog", device=ecram, config=FFConfig())
+    assert net.config.analog_update == "adam"
+    hist = train_ff(net, small, epochs=1, progress=False)
+    assert hist[-1]["test_acc_softmax"] > 0.65, hist[-1]
+    assert net.total_counts().update_pulses > 0 and net.total_counts().backward_adc_conversions == 0
