@@ -1276,10 +1276,26 @@ class _MixedPrecisionCell:
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         c = self.cfg
-        b = x.shape[0]
         x = self._quantize(x, int(c.n_x_bins), bool(c.stoc_round_x), rng)
         d = self._quantize(d, int(c.n_d_bins), bool(c.stoc_round_d), rng)
-        every = int(c.transfer_every) * b
+        return self._accumulate(lambda lo, hi: self.chi.addmm_(d[lo:hi].T, x[lo:hi], alpha=lr), x.shape[0], rng)
+
+    def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
+        """Row-by-row transfer of u (out, in): ``update(I, u^T)`` without the identity product. Sample
+        i adds lr u[:, i] to chi's column i (x = I is unchanged by the x quantisation: each row's one
+        non-zero is its maximum, and stochastic rounding never moves a value by half a bin)."""
+        c = self.cfg
+        d = self._quantize(u.T, int(c.n_d_bins), bool(c.stoc_round_d), rng)  # (in, out), per sample
+
+        def add(lo: int, hi: int) -> None:
+            self.chi[:, lo:hi] += lr * d[lo:hi].T
+
+        return self._accumulate(add, u.shape[1], rng)
+
+    def _accumulate(self, add: Callable[[int, int], Any], b: int, rng: _Rng) -> float:
+        """Accumulate b samples into chi (``add(lo, hi)`` adds samples lo..hi-1), transferring where
+        aihwkit does: after every ``transfer_every * b`` samples counted over all updates."""
+        every = int(self.cfg.transfer_every) * b
         # samples s (0-based in this batch) after whose accumulation aihwkit transfers
         stops: list[int] = []
         if every > 0:
@@ -1290,18 +1306,14 @@ class _MixedPrecisionCell:
                 s += every
         pulses, start = 0.0, 0
         for s in stops:
-            self.chi.addmm_(d[start:s + 1].T, x[start:s + 1], alpha=lr)
+            add(start, s + 1)
             start = s + 1
             pulses += self._transfer(rng)
         if start < b:
-            self.chi.addmm_(d[start:].T, x[start:], alpha=lr)
+            add(start, b)
         self.n_samples += b
         self.arr.post_update(rng)
         return pulses
-
-    def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
-        """Row-by-row transfer of u (out, in): the generic update with x = I (chi accumulates lr u)."""
-        return self.update(torch.eye(u.shape[1], device=u.device, dtype=u.dtype), u.T, lr, rng)
 
     def _transfer(self, rng: _Rng) -> float:
         """MixedPrecRPUDeviceBase::transfer + MixedPrecRPUDevice::forwardUpdate, all rows at once."""

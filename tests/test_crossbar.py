@@ -173,6 +173,21 @@ def test_update_rows_is_the_row_by_row_update(name, engine):
     assert (da * -u.sign()).mean() == pytest.approx(float((db * -u.sign()).mean()), rel=0.15)
 
 
+def test_mixed_precision_update_rows_equals_the_identity_batch():
+    """Mixed precision: chi accumulates lr u column by column, with aihwkit's transfer points, exactly
+    as update(I, u^T) does (the preset quantises neither x nor d, so both draw the same numbers)."""
+    g = torch.Generator().manual_seed(5)
+    a = Crossbar(64, 32, device=DEVICES / "mp_reram_es.toml", seed=0, engine="torch")
+    b = Crossbar(64, 32, device=DEVICES / "mp_reram_es.toml", seed=0, engine="torch")
+    for _ in range(4):
+        u = torch.randn(32, 64, generator=g)
+        a.update_rows(u, 0.05)
+        b.update(torch.eye(64), u.T, 0.05)
+    assert torch.allclose(a.engine.cell.chi, b.engine.cell.chi, atol=1e-6)
+    assert torch.equal(a.get_weights(), b.get_weights())
+    assert a.counters.update_pulses == b.counters.update_pulses > 0
+
+
 def test_update_rows_rejects_a_wrong_shape():
     xbar = Crossbar(8, 4, device=DEVICES / "idealized.toml", engine="torch")
     with pytest.raises(ValueError, match="shape"):
