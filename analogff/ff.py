@@ -311,13 +311,15 @@ class AnalogLayer(nn.Module):
       ||d^T x||^2 = sum_ab (d d^T)_ab (x x^T)_ab, B^2 (n_in + n_out) MACs. No persistent state.
     - ``"momentum"``: the periphery forms d^T x digitally, keeps M <- beta M + d^T x, and writes
       lr M to the array row by row (one rank-one pulse update per input row). State: M.
-    - ``"adam"``: likewise with Adam's m, v and bias correction. State: m and v.
+    - ``"adam"`` (the default): likewise with Adam's m, v and bias correction. State: m and v.
+      The only rule that reaches digital-FF accuracy on the shipped profiles (README).
 
-    ``crossbar``: any object with ``forward(x)``, ``update(x, d, lr)`` and ``counters`` (tests
+    ``crossbar``: any object with ``forward(x)``, ``update(x, d, lr)``, ``update_rows(u, lr)``
+    (momentum, adam) and ``counters`` (tests
     pass a fake); by default an ``analogff.crossbar.Crossbar`` built from ``device``.
     """
 
-    def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "sgd",
+    def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "adam",
                  bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                  norm_stat: str = "rms", seed: int = 0, engine: str = "torch", crossbar=None,
                  counters: OpCounts | None = None, input_gain: float = 1.0, init_range: float | None = None):
