@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analog-update", choices=ANALOG_UPDATES, default=d.analog_update,
                    help="analog FF update rule in the digital periphery (see analogff.ff.AnalogLayer)")
     p.add_argument("--ff-lr-analog", type=float, default=d.ff_lr_analog,
-                   help="analog FF learning rate (adam/normalized: step size in weight units, ~1e-3; "
+                   help="analog FF learning rate (adam: step size in weight units, ~1e-3; normalized: ~3e-4; "
                         "sgd: ~0.1; momentum: ~0.01)")
     p.add_argument("--ff-lr-digital", type=float, default=d.ff_lr_digital)
     p.add_argument("--predict", choices=("goodness", "softmax"), default=d.predict)
