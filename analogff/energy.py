@@ -678,6 +678,8 @@ def counters_in(module: Any) -> list[OpCounts]:
     found: list[OpCounts] = []
     mods = module.modules() if hasattr(module, "modules") else [module]
     for m in mods:
+        if hasattr(m, "flush_counters"):  # a crossbar sums read energy on its device until asked
+            m.flush_counters()
         found += [v for v in vars(m).values() if isinstance(v, OpCounts) and all(v is not f for f in found)]
     return found
 

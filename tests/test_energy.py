@@ -322,3 +322,24 @@ def test_measured_blocks_nest_and_restore():
         assert inner.counts.mvms == 3
     assert outer.counts.mvms == 5  # the inner block's work is seen by the enclosing block
     assert net.counters.mvms == 5  # and nothing leaks out of the outermost block
+
+
+def test_measured_captures_a_crossbars_read_energy():
+    """A crossbar sums its read energy on its device until its counters are read: measured() must
+    see it inside the block and leave it out of the counters restored after the block."""
+    from pathlib import Path
+
+    import torch
+
+    from analogff.crossbar import Crossbar
+    from analogff.energy import measured
+
+    xbar = Crossbar(16, 8, device=Path(__file__).resolve().parents[1] / "devices" / "ecram.toml", engine="torch")
+    parent = torch.nn.Sequential(xbar)
+    xbar.forward(torch.rand(4, 16))
+    before = xbar.counters.read_v2g_W
+    assert before > 0
+    with measured(parent) as m:
+        xbar.forward(torch.rand(4, 16))
+    assert m.counts.read_v2g_W > 0 and m.counts.mvms == 4
+    assert xbar.counters.read_v2g_W == before and xbar.counters.mvms == 4
