@@ -331,7 +331,7 @@ def profile_from_dict(data: dict[str, Any], source: str | None = None) -> Device
     return DeviceProfile(
         name=name, preset=preset, physics=physics, description=description, overrides=overrides,
         noise_model=noise_model, energy=dict(table("energy", required=False)), source=source,
-        init_range=mapping.get("init_range", 0.3),
+        **({"init_range": mapping["init_range"]} if "init_range" in mapping else {}),
     )
 
 

@@ -221,6 +221,16 @@ def _count_state_traffic(counters: OpCounts, nbytes: int, in_dram: bool) -> None
         counters.sram_bytes += nbytes
 
 
+def adam_direction(m: torch.Tensor, v: torch.Tensor, t: int, g: torch.Tensor,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
+    """Adam's step direction for gradient g at step t (1-based), updating m and v in place:
+    W <- W - lr * the result (torch.optim.Adam's rule, for the analog periphery)."""
+    b1, b2 = betas
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    return (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+
+
 class DigitalLayer(nn.Module):
     """A digital FF layer: ``nn.Linear`` and a torch optimiser fed with the local update d^T x."""
 
@@ -392,12 +402,8 @@ class AnalogLayer(nn.Module):
             c.digital_ops += 2 * g.numel()
             self._count_state(2 * BYTES * g.numel())  # M read and written
         else:
-            b1, b2 = self.betas
             self.step += 1
-            t = int(self.step)
-            self.m.mul_(b1).add_(g, alpha=1 - b1)
-            self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            u = (self.m / (1 - b1**t)) / ((self.v / (1 - b2**t)).sqrt() + self.eps)
+            u = adam_direction(self.m, self.v, int(self.step), g, self.betas, self.eps)
             c.digital_ops += 10 * g.numel()
             self._count_state(4 * BYTES * g.numel())  # m and v read and written
         # Row-by-row transfer: row i driven alone with the column errors U[:, i] applies U.

@@ -206,12 +206,20 @@ def _check_pulse_type(up: Any, where: str) -> None:
         raise _refuse(where, f"update.pulse_type {name} (only stochastic pulse trains are implemented)")
 
 
+def _probability_step(up: Any) -> float:
+    """The step pulse probabilities are rounded to (C++ getDiscretizedValue), or 0 for none:
+    ``res`` given as a step or as a number of steps; stochastic rounding keeps the mean."""
+    res = float(getattr(up, "res", 0) or 0)
+    if res <= 0 or bool(getattr(up, "sto_round", False)):
+        return 0.0
+    return 1.0 / res if res > 1.0 else res
+
+
 def _probabilities(v: Tensor, scale: Tensor, up: Any) -> Tensor:
     """|v| * scale per sample, discretised like C++ getDiscretizedValue, clipped to 1."""
     p = v.abs() * scale[:, None]
-    res = float(getattr(up, "res", 0) or 0)
-    if res > 0 and not bool(getattr(up, "sto_round", False)):  # stochastic rounding keeps the mean
-        res = 1.0 / res if res > 1.0 else res
+    res = _probability_step(up)
+    if res > 0:
         p = torch.round(p / res) * res
     return p.clamp(max=1.0)
 
@@ -1007,10 +1015,8 @@ def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: _Kerne
     ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
     bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
     px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
-    res = float(getattr(up, "res", 0) or 0)  # as _probabilities discretises the column probabilities
-    res = 0.0 if bool(getattr(up, "sto_round", False)) else (1.0 / res if res > 1.0 else res)
     run = kernels if kernels is not None else (lambda name, *args: globals()[name](*args))
-    return (*run("_k_rowwise", u, a, px, bl, res), 1.0)
+    return (*run("_k_rowwise", u, a, px, bl, _probability_step(up)), 1.0)
 
 
 class _SingleCell:

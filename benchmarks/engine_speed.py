@@ -90,9 +90,7 @@ class Adam:
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         self.t += 1
-        self.m.mul_(0.9).add_(g, alpha=0.1)
-        self.v.mul_(0.999).addcmul_(g, g, value=0.001)
-        return (self.m / (1 - 0.9**self.t)) / ((self.v / (1 - 0.999**self.t)).sqrt() + 1e-8)
+        return adam_direction(self.m, self.v, self.t, g)
 
 
 def sync(device: torch.device) -> None:
@@ -225,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, AnalogLayer, LR, RULE
+    global adam_direction
     from analogff.crossbar import Crossbar
     from analogff.devices import list_devices, load_device
-    from analogff.ff import AnalogLayer, FFConfig, ff_loss_and_error, overlay_label
+    from analogff.ff import AnalogLayer, FFConfig, adam_direction, ff_loss_and_error, overlay_label
 
     try:
         from analogff.experiment import ExperimentConfig
