@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analogff.devices import load_device  # noqa: E402
 from analogff.ff import FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
 
 
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    for dev in args.devices:  # a bad profile: one line naming it, before any work
+        try:
+            load_device(ROOT / "devices" / f"{dev}.toml")
+        except ValueError as exc:  # DeviceProfileError is a ValueError
+            p.error(str(exc))
     torch.set_num_threads(args.threads)
     data = load_mnist_data()
     (x, y), (xt, yt) = data["train"], data["test"]

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analogff.devices import load_device  # noqa: E402
 from analogff.ff import ANALOG_UPDATES, FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
 
 # name -> (dims, epochs, batch size, config). "default" is FFConfig() on the main job's net.
@@ -70,14 +71,18 @@ def main(argv=None) -> int:
     if args.layer == "analog":
         if not args.device:
             p.error("--layer analog needs --device devices/<profile>.toml")
-        cfg = replace(cfg, analog_update=args.update, engine=args.engine, analog_init_range=args.init_range)
+        try:  # a bad option or profile: one line naming it, before any work
+            cfg = replace(cfg, analog_update=args.update, engine=args.engine, analog_init_range=args.init_range)
+            load_device(args.device)
+        except ValueError as exc:  # DeviceProfileError is a ValueError
+            p.error(str(exc))
+    if args.torch_device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--torch-device {args.torch_device}: torch sees no CUDA GPU here; use --torch-device cpu")
 
     data = load_mnist_data()
     if args.train_samples:
         x, y = data["train"]
         data["train"] = (x[:args.train_samples], y[:args.train_samples])
-    if args.torch_device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--torch-device {args.torch_device}: torch sees no CUDA GPU here; use --torch-device cpu")
     net = FFNet(dims, layer=args.layer, device=args.device, config=cfg).to(args.torch_device)
     print(f"# FF on MNIST: recipe {name}, dims {dims}, {epochs} epochs, batch {batch_size}, "
           f"{args.layer} layers{' on ' + args.device if args.device else ''}, seed {args.seed}, "
