@@ -567,7 +567,7 @@ class _Kernels:
 
     def __call__(self, name: str, *args: Any, **kwargs: Any):
         fn = globals()[name]
-        if not self.compile or _Kernels._broken:
+        if not self.compile or _Kernels._broken or _small_call(args):
             return fn(*args, **kwargs)
         if name not in _Kernels._compiled:
             _Kernels._compiled[name] = torch.compile(fn, dynamic=True)
@@ -582,6 +582,19 @@ class _Kernels:
             return fn(*args, **kwargs)
 
 
+_COMPILE_MIN_DEVICES = 65536
+
+
+def _small_call(args: tuple) -> bool:
+    """A call on a small subset of devices (the sparse refresh and transfer paths pass flat 1-D
+    subsets of varying, often tiny size) runs eagerly: compiling gains little there, and sizes 0
+    and 1 would each recompile the kernel (seconds per recompile on CUDA, on random steps)."""
+    for a in args:
+        if isinstance(a, Tensor) and a.dim() > 0:
+            return a.dim() == 1 and a.numel() < _COMPILE_MIN_DEVICES // 4
+    return False
+
+
 def _compile_default(n_devices: int, device: torch.device) -> bool:
     """Compile the kernels for big tiles (>= 65536 devices) unless ANALOGFF_COMPILE says otherwise."""
     import os
@@ -591,7 +604,7 @@ def _compile_default(n_devices: int, device: torch.device) -> bool:
         return False
     if env in ("1", "true", "yes", "on"):
         return True
-    return n_devices >= 65536
+    return n_devices >= _COMPILE_MIN_DEVICES
 
 
 # -- device models -------------------------------------------------------------------------------

@@ -163,6 +163,9 @@ def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeat
         step()  # warm-up (torch.compile happens here on big tiles)
         sync(device)
         out[f"{engine}_first"] = time.perf_counter() - t0
+        if engine == "torch":  # two more untimed steps: a kernel's other variants (up/down order,
+            for _ in range(2):  # flat subsets) compile on their first use
+                step()
         out[engine] = time_steps(step, repeats, budget_s, device)
         if engine == "torch":
             out["pulses_per_device"] = update() / (n_in * width)
@@ -210,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch (and aihwkit OpenMP) threads; default: all cores unless busy, then 1")
     p.add_argument("--profile", default="reram_sb", help="profile of the width sweep (devices/NAME.toml)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds per measurement before fewer repeats are taken (default 15, quick 4)")
+    p.add_argument("--widths", default=None, help="comma list of widths of the sweep ('' skips it)")
+    p.add_argument("--profiles", default=None, help="comma list of profiles of the per-profile table (default all)")
     p.add_argument("--torch-device", default="cpu", help="where the torch engine and digital run: cpu | cuda")
     p.add_argument("--engines", default="torch,aihwkit", help="comma list; aihwkit runs on the CPU only")
     args = p.parse_args(argv)
@@ -239,11 +246,23 @@ def main(argv: list[str] | None = None) -> int:
         RULE = "adam"
 
     widths = [256, 500] if args.quick else [256, 500, 1000, 2000]
+    if args.widths is not None:
+        try:
+            widths = [int(w) for w in args.widths.split(",") if w]
+        except ValueError:
+            p.error(f"--widths {args.widths!r}: a comma list of integers ('' skips the width sweep)")
     repeats = args.repeats or (3 if args.quick else 5)
-    budget = 4.0 if args.quick else 15.0
+    budget = args.budget or (4.0 if args.quick else 15.0)
     profiles = list_devices(ROOT / "devices")
     if args.quick:
         profiles = [q for q in profiles if q.stem in ("idealized", args.profile)]
+    if args.profiles:
+        wanted = [n for n in args.profiles.split(",") if n]
+        unknown = sorted(set(wanted) - {q.stem for q in list_devices(ROOT / "devices")})
+        if unknown:
+            p.error(f"--profiles: no devices/{unknown[0]}.toml (profiles: "
+                    f"{', '.join(q.stem for q in list_devices(ROOT / 'devices'))})")
+        profiles = [q for q in list_devices(ROOT / "devices") if q.stem in wanted]
     gen = torch.Generator().manual_seed(0)
     sweep_profile = ROOT / "devices" / f"{args.profile}.toml"
     load_device(sweep_profile)
@@ -264,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     def ratio(r: dict, slow: str, fast: str, digits: int = 0) -> str:
         return f"{r[slow] / r[fast]:.{digits}f}x" if slow in r and fast in r else "-"
 
-    print(f"## Width sweep, {args.profile} ({IN} inputs; main job's update rule)\n")
-    print("| width | digital samples/s | torch samples/s | aihwkit samples/s | torch / aihwkit | "
-          "torch time / digital | torch in AnalogLayer samples/s | torch first step (compile), s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if widths:
+        print(f"## Width sweep, {args.profile} ({IN} inputs; main job's update rule)\n")
+        print("| width | digital samples/s | torch samples/s | aihwkit samples/s | torch / aihwkit | "
+              "torch time / digital | torch in AnalogLayer samples/s | torch first step (compile), s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in widths:
         r = bench_width(sweep_profile, IN, width, engines, repeats, budget, gen, crossbar="torch" in engines,
                         device=device)

@@ -360,6 +360,29 @@ def test_compiled_kernels_match_eager(name):
     assert float((ws[0] - ws[1]).abs().gt(1e-3).float().mean()) < 0.01
 
 
+def test_small_flat_subsets_run_eagerly(monkeypatch):
+    """Compiled kernels: a small flat subset of devices (sparse refresh / transfer) never reaches
+    torch.compile (sizes 0 and 1 would recompile, seconds each on CUDA); full tiles do."""
+    from analogff import pulsed
+
+    compiled: list[str] = []
+
+    def fake_compile(fn, dynamic=True):
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(pulsed.torch, "compile", fake_compile)
+    monkeypatch.setattr(pulsed._Kernels, "_compiled", {})
+    k = pulsed._Kernels(compile=True)
+    for n in (0, 1, 7):  # flat subsets: eager
+        k("_log1p_ratio", torch.rand(n))
+    assert compiled == []
+    k("_log1p_ratio", torch.rand(3, 5))  # a tile (2-D): compiled
+    k("_log1p_ratio", torch.rand(pulsed._COMPILE_MIN_DEVICES))  # a big flat subset: compiled
+    assert compiled == ["_log1p_ratio"]
+    assert torch.allclose(k("_log1p_ratio", torch.tensor([0.0, 1.0])), torch.tensor([1.0, math.log(2.0)]))
+
+
 @pytest.mark.parametrize("name", ["idealized", "reram_sb", "pcm", "capacitor"])
 def test_rowwise_moments_equal_the_identity_batch(name):
     """The element-wise row-by-row moments are exactly the GEMM moments of the batch x = I, d = u^T."""
