@@ -466,13 +466,25 @@ _POISSON_TERMS = 8
 _POISSON_MAX = 2.0
 
 
-def _k_exact_counts(mu: Tensor, m2: Tensor, m2_scale: float, bits: Tensor):
-    """Integer pulse counts of one sign (PCM's big steps): ``floor(mu - lam + u) + Poisson(lam)``
-    with ``lam`` the binomial variance (Poisson where all p are small, nearly deterministic where
-    they approach 1; inverse CDF up to ``lam = 2``, rounding plus Gaussian above: the Gaussian's
-    variance ``r`` is returned). ``bits``: one draw (two 24-bit uniforms)."""
-    u0 = ((bits & 0xFFFFFF).to(torch.float32) + 0.5) * (2.0**-24)
-    u1 = (((bits >> 24) & 0xFFFFFF).to(torch.float32) + 0.5) * (2.0**-24)
+def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, bits: Tensor, s: Tensor, zc: Tensor,
+                 lo: Tensor, hi: Tensor, active: Tensor, A: float, gam: float, es_b: float, up: bool, sigma: float,
+                 add: float, slope: float, cplx: bool, n_exact: int, wn: float, persistent: bool):
+    """ExpStep with big, strongly nonlinear steps (PCM): pulses of one sign, integer counts.
+
+    Counts: ``floor(mu - lam + u) + Poisson(lam)`` with ``lam`` the binomial variance (Poisson where
+    all p are small, nearly deterministic where they approach 1; inverse CDF up to ``lam = 2``,
+    rounding plus Gaussian above). The first ``n_exact`` pulses are applied one by one, each with
+    its own cycle-to-cycle noise and clipping; the rest in closed form. ``bits``: 2 draws (3 with
+    write noise or more than 2 exact pulses).
+    """
+    u0, za, zb = _unpack(bits[0])
+    u1, zc1, zd = _unpack(bits[1])
+    if persistent or n_exact > 2:  # a third draw: bridge uniform, write noise, third exact pulse
+        u2, ze, _ = _unpack(bits[2])
+        exact_z, z_end = (za, zb, zc1), zd
+    else:  # two draws suffice: the last normal gives the bridge uniform
+        exact_z, z_end, ze = (za, zb), zc1, zd
+        u2 = torch.special.ndtr(zd).clamp(min=1e-12, max=1.0)
     lam = (mu - m2 * m2_scale).clamp(min=0.0)
     big = lam > _POISSON_MAX
     lam_s = torch.where(big, 0.0, lam)
@@ -486,25 +498,6 @@ def _k_exact_counts(mu: Tensor, m2: Tensor, m2_scale: float, bits: Tensor):
     n = torch.floor(mu - lam + u0) + torch.where(big, torch.floor(lam + u1), n_p)
     fl = lam - torch.floor(lam)
     r = torch.where(big, (lam - fl * (1.0 - fl)).clamp(min=0.0), 0.0)
-    return n, r
-
-
-def _k_exp_exact(hidden: Tensor, app: Tensor, n: Tensor, r: Tensor, bits: Tensor, s: Tensor, zc: Tensor,
-                 lo: Tensor, hi: Tensor, active: Tensor, A: float, gam: float, es_b: float, up: bool, sigma: float,
-                 add: float, slope: float, cplx: bool, n_exact: int, wn: float, persistent: bool):
-    """ExpStep with big, strongly nonlinear steps (PCM): ``n`` pulses of one sign (from
-    :func:`_k_exact_counts`; the engine passes only the devices with ``n > 0``). The first
-    ``n_exact`` pulses are applied one by one, each with its own cycle-to-cycle noise and clipping;
-    the rest in closed form. ``bits``: 2 draws (3 with more than 2 exact pulses).
-    """
-    u_b, za, zb = _unpack(bits[0])
-    _, zc1, zd = _unpack(bits[1])
-    if n_exact > 2:
-        _, zf, _ = _unpack(bits[2])
-        exact_z = (za, zb, zf)
-    else:
-        exact_z = (za, zb)
-    z_end, ze = zc1, zd
     sgn = 1.0 if up else -1.0
     w = hidden
     left = n
@@ -515,13 +508,13 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, n: Tensor, r: Tensor, bits: Tensor
         w = torch.where(left > 0, torch.minimum(torch.maximum(w_new, lo), hi), w)
         left = (left - 1.0).clamp(min=0.0)
     w1, v, _ = _exp_closed(w, left, r, s, zc, lo, hi, torch.zeros_like(w), A, gam, es_b, up, sigma, add, slope, cplx)
-    out = _bridge(w, w1, v, left, lo, hi, z_end, u_b)
+    out = _bridge(w, w1, v, left, lo, hi, z_end, u2)
     h = torch.where(active, out, hidden)
     if persistent:
         app = torch.where((n > 0) & active, h + wn * ze, app)
     else:
         app = h
-    return h, app
+    return h, app, n.sum()
 
 
 def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, res: float):
@@ -889,7 +882,12 @@ class _DeviceArray:
             cplx = self.complex_noise
             add, slope = (float(c.dw_min_std_add), float(c.dw_min_std_slope)) if cplx else (0.0, 0.0)
             if self.exact_pulses:
-                h, w, n = self._exact(hidden, app, mu_u, m2_u, m2_scale, rng, at, cplx, add, slope)
+                draws = 3 if (self.persistent or self.exact_pulses > 2) else 2
+                h, w, n = self.k("_k_exp_exact", hidden, app, mu_u, m2_u, m2_scale, rng.bits((draws,) + shape),
+                                 at(self.p["dwmin_up"]), at(self.zc), at(self.bmin), at(self.bmax), at(self.active),
+                                 A=A_up, gam=g_up, es_b=es_b, up=True, sigma=self.sigma, add=add, slope=slope,
+                                 cplx=cplx, n_exact=int(self.exact_pulses), wn=self.write_noise,
+                                 persistent=self.persistent)
             else:
                 h, w, n = self.k("_k_exp", hidden, app, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.bits(shape),
                                  at(self.p["dwmin_up"]), at(self.p["dwmin_down"]), at(self.zc), at(self.bmin),
@@ -918,35 +916,6 @@ class _DeviceArray:
         if post:
             self.post_update(rng, decay=decay)
         return float(n)
-
-    def _exact(self, hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, rng: _Rng,
-               at: Callable[[Tensor], Tensor], cplx: bool, add: float, slope: float) -> tuple[Tensor, Tensor, Tensor]:
-        """PCM's big steps (up only): counts for every device, then the pulse-by-pulse physics on
-        the devices that got pulses (most get none at training's pulse densities)."""
-        A, _, g, _, es_b = self.es
-        n, r = self.k("_k_exact_counts", mu, m2, m2_scale, rng.bits(tuple(mu.shape)))
-        on = n > 0
-        n_on = int(on.sum())
-        if n_on == 0:
-            return hidden, app, n.sum()
-        draws = 3 if self.exact_pulses > 2 else 2
-        kw = dict(A=A, gam=g, es_b=es_b, up=True, sigma=self.sigma, add=add, slope=slope, cplx=cplx,
-                  n_exact=int(self.exact_pulses), wn=self.write_noise, persistent=self.persistent)
-        args = (hidden, app, n, r)
-        dev = (at(self.p["dwmin_up"]), at(self.zc), at(self.bmin), at(self.bmax), at(self.active))
-        if n_on > on.numel() // 2:  # dense: every device
-            h, w = self.k("_k_exp_exact", *args, rng.bits((draws,) + tuple(mu.shape)), *dev, **kw)
-            return h, w, n.sum()
-        sel = on.reshape(-1).nonzero().squeeze(1)
-
-        def sub(t: Tensor) -> Tensor:
-            return t.reshape(-1)[sel]
-
-        h_s, w_s = self.k("_k_exp_exact", *(sub(t) for t in args), rng.bits((draws, n_on)), *(sub(t) for t in dev),
-                          **kw)
-        h = hidden.reshape(-1).index_copy(0, sel, h_s).reshape(hidden.shape)
-        w = app.reshape(-1).index_copy(0, sel, w_s).reshape(app.shape)
-        return h, w, n.sum()
 
     def reset_at(self, index: Tensor, rng: _Rng) -> None:
         """resetAtIndices: w = reset_bias + reset_std * xi, clipped, at the flat ``index``."""
