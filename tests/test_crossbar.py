@@ -135,6 +135,16 @@ def test_bad_inputs_are_rejected():
         xbar.forward(torch.zeros(2, 15))
     with pytest.raises(ValueError, match="NaN"):
         xbar.update(torch.full((2, 16), float("nan")), torch.zeros(2, 8), 0.1)
+    for bad in (float("nan"), float("inf"), float("-inf")):  # one non-finite entry anywhere
+        x = torch.rand(3, 16)
+        x[2, 5] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            xbar.forward(x)
+        u = torch.rand(8, 16)
+        u[7, 15] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            xbar.update_rows(u, 0.1)
+    assert xbar.forward(torch.zeros(0, 16)).shape == (0, 8)  # empty batch: nothing to check
     with pytest.raises(ValueError, match="lr"):
         xbar.update(torch.zeros(2, 16), torch.zeros(2, 8), -1.0)
     with pytest.raises(ValueError, match="engine"):
