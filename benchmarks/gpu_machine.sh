@@ -4,6 +4,7 @@
 #   benchmarks/gpu_machine.sh prepare      # here (network to the package registries): fills .gpu/
 #   benchmarks/gpu_machine.sh build        # there: builds aihwkit's CPU extension against its torch
 #   benchmarks/gpu_machine.sh bench ARGS   # there: build if needed, then engine_speed.py --torch-device cuda ARGS
+#   benchmarks/gpu_machine.sh test         # there: the crossbar tests of the torch engine, the CUDA one included
 #
 # .gpu/ (git-ignored, carried to the machine) holds what the machine cannot download: the aihwkit
 # 1.2.0 sdist, OpenBLAS headers and library (Debian's, with libgfortran/libquadmath), the
@@ -71,5 +72,6 @@ case "${1:-}" in
   prepare) prepare ;;
   build) build ;;
   bench) shift; build; python3 benchmarks/engine_speed.py --torch-device cuda "$@" ;;
-  *) echo "usage: $0 prepare | build | bench [engine_speed.py options]" >&2; exit 2 ;;
+  test) build; python3 -m pytest -q -p no:cacheprovider tests/test_crossbar.py -k "cuda or torch" ;;
+  *) echo "usage: $0 prepare | build | bench [engine_speed.py options] | test" >&2; exit 2 ;;
 esac
