@@ -471,9 +471,10 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
                  add: float, slope: float, cplx: bool, n_exact: int, wn: float, persistent: bool):
     """ExpStep with big, strongly nonlinear steps (PCM): pulses of one sign, integer counts.
 
-    Counts: ``floor(mu - lam + u) + Poisson(lam)`` with ``lam`` the binomial variance (Poisson where
-    all p are small, nearly deterministic where they approach 1; inverse CDF up to ``lam = 2``,
-    rounding plus Gaussian above). The first ``n_exact`` pulses are applied one by one, each with
+    Counts: ``floor(mu - lam + u) + Poisson(lam)`` with ``lam`` the binomial variance less the
+    ``f (1 - f)`` that the rounding carries (``f`` the fraction of ``mu``): Bernoulli where one train of
+    one pulse is all there is, Poisson-like where all p are small; inverse CDF up to ``lam = 2``,
+    rounding plus Gaussian above. The first ``n_exact`` pulses are applied one by one, each with
     its own cycle-to-cycle noise and clipping; the rest in closed form. ``bits``: 2 draws (3 with
     write noise or more than 2 exact pulses).
     """
@@ -485,7 +486,10 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
     else:  # two draws suffice: the last normal gives the bridge uniform
         exact_z, z_end, ze = (za, zb), zc1, zd
         u2 = torch.special.ndtr(zd).clamp(min=1e-12, max=1.0)
-    lam = (mu - m2 * m2_scale).clamp(min=0.0)
+    # the count variance beyond what rounding mu up or down already gives, f (1 - f): a single
+    # train of BL pulses (the row-by-row transfer, BL = 1 at low density) is then exactly binomial
+    f = mu - torch.floor(mu)
+    lam = (mu - m2 * m2_scale - f * (1.0 - f)).clamp(min=0.0)
     big = lam > _POISSON_MAX
     lam_s = torch.where(big, 0.0, lam)
     pk = torch.exp(-lam_s)
