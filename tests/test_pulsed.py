@@ -192,6 +192,28 @@ def test_forward_statistics_match_aihwkit(path):
     assert abs(err_t - err_a) < 0.3 * err_a + 1e-3, (err_a, err_t)
 
 
+@pytest.mark.xfail(strict=True, reason="known deviation: aihwkit's torch AnalogMVM (reused by the torch "
+                   "engine) retries the whole batch when any vector's output clips; aihwkit's C++ tile retries "
+                   "that vector alone, so other vectors keep their input scale and noise (see README)")
+def test_forward_bound_management_is_per_vector_as_aihwkit():
+    """Outputs beyond the ADC bound (20) in a few vectors of the batch: the other vectors' output
+    noise must stay what it is without them (aihwkit measured 0.117 against the torch engine's 0.202
+    at 784 x 500, weights in [-1, 1])."""
+    a, t = _pair(DEVICES / "ecram.toml", 0)
+    g = torch.Generator().manual_seed(5)
+    w = (torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.9
+    a.set_weights(w)
+    t.load_device_state(a.device_state(), weights=a.get_weights())
+    x = torch.rand(32, IN, generator=g) * 0.2
+    x[:2] = torch.sign(a.get_weights()[0])  # these two vectors drive column 0 past the bound
+    assert float((x @ a.get_weights().T).abs().max()) > 20
+    reps = 20
+    ya = torch.stack([a.forward(x, False) for _ in range(reps)])[:, 2:]
+    yt = torch.stack([t.forward(x, False) for _ in range(reps)])[:, 2:]
+    noise_a, noise_t = float(ya.std(0).mean()), float(yt.std(0).mean())
+    assert abs(noise_t / noise_a - 1) < 0.1, (noise_a, noise_t)
+
+
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_device_state_uses_aihwkit_names(path):
     a, t = _pair(path, 0)
