@@ -4,8 +4,8 @@ Both engines get identical device-to-device parameters and weights (the aihwkit 
 parameters are loaded into the torch engine, as in ``tests/test_pulsed.py``). Then one row-by-row
 transfer of a uniform update (``u = sign``: every device gets the same expected pulse count) is
 applied, ``--reps`` times from the same start, at each learning rate. The table prints the mean change
-of the devices the pulses act on, per engine, and the aihwkit / torch ratio. With a PCM pair
-(``hidden_weights_0/1``), ``u = +1`` pulses device 0 (G-).
+of the devices the pulses act on (the persistent weights under write noise), per engine, and the
+aihwkit / torch ratio. With a PCM pair (``hidden_weights_0/1``), ``u = +1`` pulses device 0 (G-).
 
 Usage: ``python benchmarks/update_ratio.py --device pcm [--lrs 0.002,0.01,0.05,0.2] [--reps 20]``.
 """
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     a.set_weights(torch.zeros(n_out, n_in))
     t.load_device_state(a.device_state(), weights=a.get_weights())
     w0 = torch.full((n_out, n_in), args.w0)
-    key = "hidden_weights_0" if "hidden_weights_0" in a.device_state() else None
+    state = a.device_state()  # what the pulses act on: G- of a PCM pair, the persistent weights
+    key = next((k for k in ("hidden_weights_0", "persistent_weights") if k in state), None)  # under write noise
 
     def hidden(e) -> torch.Tensor:
         return e.device_state()[key] if key else e.get_weights()
@@ -63,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.reps):
                 e.set_weights(w0)
                 h0 = hidden(e)
-                u = torch.ones(n_out, n_in) * (1.0 if key else -1.0)  # PCM: G- up; else w up
+                u = torch.ones(n_out, n_in) * (1.0 if key == "hidden_weights_0" else -1.0)  # PCM: G- up; else w up
                 if name == "torch":
                     e.update_rows(u, lr)
                 else:
                     e.update(torch.eye(n_in), u.T, lr)
                 total += float((hidden(e) - h0).mean())
             res[name] = total / args.reps
-        print(f"| {lr:g} | {res['aihwkit']:.5f} | {res['torch']:.5f} | {res['aihwkit'] / res['torch']:.3f} |",
-              flush=True)
+        ratio = f"{res['aihwkit'] / res['torch']:.3f}" if res["torch"] else "- (no change: below a transfer threshold?)"
+        print(f"| {lr:g} | {res['aihwkit']:.5f} | {res['torch']:.5f} | {ratio} |", flush=True)
     return 0
 
 
