@@ -25,7 +25,8 @@ pulse counters do not exist.
 :class:`TorchPulsedEngine` is the fast engine of :class:`analogff.crossbar.Crossbar`
 (``engine="torch"``). Forward and backward MVMs are aihwkit's own pure-torch
 ``AnalogMVM`` (DAC/ADC, output noise, noise and bound management; the backward without bound
-management, as aihwkit's C++ forces). The update applies a mini-batch in two halves, in order
+management, as aihwkit's C++ forces), with iterative bound management retrying each clipping vector
+alone, as aihwkit's C++ tiles do (:func:`_analog_mvm`). The update applies a mini-batch in two halves, in order
 (aihwkit pulses sample after sample, and where steps depend on the weight or devices reach their
 bounds the order matters: an FF batch is [positive; negative], hundreds of pulses one way, then
 as many the other way). Per part it
@@ -101,6 +102,7 @@ to ``engine="aihwkit"``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -1419,6 +1421,78 @@ def _build_cell(device_cfg: Any, shape: tuple[int, int], rng: _Rng, preset: str,
     return _SingleCell(device_cfg, shape, rng, where, up, kernels)
 
 
+@functools.lru_cache(maxsize=None)
+def _analog_mvm() -> type:
+    """aihwkit's pure-torch ``AnalogMVM`` with the bound management of aihwkit's C++ tiles.
+
+    Iterative bound management retries an MVM at half the input scale when an output clips at the
+    ADC bound. ``AnalogMVM`` tests the whole batch and retries all of it; the C++ tile (the reference)
+    computes one vector at a time and retries only the vectors that clip. The others keep their
+    scale, hence their output noise relative to the signal (half of what a batch-wide retry leaves
+    them). This subclass does the retry per vector; everything else is aihwkit's.
+    """
+    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM, UniformQuantize
+
+    class PerVectorAnalogMVM(AnalogMVM):
+        @classmethod
+        def _finalize_output(cls, out_values: Tensor, io_pars: Any, out_noise_values: Tensor | None = None,
+                             **kwargs: Any):
+            """AnalogMVM._finalize_output with the bound test per vector (last dimension)."""
+            if io_pars.bound_management != BoundManagementType.ITERATIVE:
+                return super()._finalize_output(out_values, io_pars, out_noise_values, **kwargs)
+            bound = io_pars.out_bound if io_pars.out_bound > 0 else float("inf")
+            if io_pars.out_asymmetry != 0.0:
+                out_values[out_values < 0] *= 1.0 - io_pars.out_asymmetry
+            if io_pars.out_noise > 0.0 or out_noise_values is not None:
+                if out_noise_values is None:
+                    out_values += io_pars.out_noise * torch.randn_like(out_values)
+                else:
+                    out_values += torch.randn_like(out_values) * out_noise_values.view(
+                        1, -1, *((1,) * (out_values.ndim - 2)))
+            if io_pars.out_res > 0:
+                out_values = UniformQuantize.apply(out_values, io_pars.out_res, io_pars.out_bound,
+                                                   io_pars.out_sto_round)
+            passed = ((out_values <= bound) & (out_values >= -bound)).all(dim=-1)
+            return passed, torch.clamp(out_values, min=-bound, max=bound)
+
+        @classmethod
+        def matmul(cls, weight: Tensor, input_: Tensor, io_pars: Any, trans: bool = False, is_test: bool = False,
+                   **fwd_pars: Any) -> Tensor:
+            if (io_pars.is_perfect or io_pars.mv_type == AnalogMVType.IDEAL
+                    or io_pars.bound_management != BoundManagementType.ITERATIVE):
+                return super().matmul(weight, input_, io_pars, trans, is_test, **fwd_pars)
+            if input_.ndim != 2:  # vectors along the last dimension
+                flat = cls.matmul(weight, input_.reshape(-1, input_.shape[-1]), io_pars, trans, is_test, **fwd_pars)
+                return flat.reshape(*input_.shape[:-1], flat.shape[-1])
+            n, n_out = input_.shape[0], weight.shape[int(trans)]
+            nm = cls._compute_noise_management(input_=input_, nm_type=io_pars.noise_management, io_pars=io_pars)
+            nm = (nm.clone() if isinstance(nm, Tensor)
+                  else torch.full((n, 1), float(nm), device=input_.device, dtype=input_.dtype))
+            if io_pars.inp_noise <= 0.0 and bool((nm == 0.0).all()):
+                return torch.zeros(n, n_out, device=input_.device, dtype=input_.dtype)
+            nm[nm <= 0.0] = 1.0
+            inp_res = io_pars.inp_res
+            if inp_res > 0:
+                inp_res = (1 / inp_res if inp_res > 1.0 else inp_res) * 2.0 * io_pars.inp_bound
+            out = torch.empty(n, n_out, device=input_.device, dtype=input_.dtype)
+            pending = torch.arange(n, device=input_.device)
+            reduction = 1.0  # the input scale is divided by this (doubled per retry), as in the C++
+            while pending.numel():
+                scale = 1.0 / (nm[pending] * reduction)
+                passed, o = cls._compute_analog_mv(weight=weight, input_=input_[pending], trans=trans, scale=scale,
+                                                   scaling=True, is_test=is_test, io_pars=io_pars, **fwd_pars)
+                o = o * (io_pars.out_scale / scale)
+                if reduction > io_pars.max_bm_factor or (inp_res > 0 and reduction > io_pars.max_bm_res / inp_res):
+                    passed = torch.ones_like(passed)  # give up: keep the clipped outputs
+                out[pending[passed]] = o[passed]
+                pending = pending[~passed]
+                reduction *= 2.0
+            return out
+
+    return PerVectorAnalogMVM
+
+
 class _seeded:
     """Run aihwkit's AnalogMVM (global-RNG noise) on a seed drawn from the engine's generator,
     leaving the global RNG as it was."""
@@ -1472,7 +1546,7 @@ class TorchPulsedEngine:
         self.preset = type(rpu_config).__name__
         self.device = torch.device(device)
         self.rng = _Rng(seed, self.device)
-        self._mvm = AnalogMVM
+        self._mvm = _analog_mvm()
         where = f"preset {self.preset} (device {type(rpu_config.device).__name__})"
         up = rpu_config.update
         _check_pulse_type(up, where)
