@@ -267,26 +267,16 @@ class Crossbar(nn.Module):
             (p.g_min_S + span * gm_rel).clamp(p.g_min_S, p.g_max_S)
 
     def _relative_conductances(self) -> tuple[Tensor, Tensor]:
-        """(G+, G-) as fractions in [0, 1] of the programmable span g_max - g_min."""
+        """(G+, G-) as fractions in [0, 1] of the programmable span g_max - g_min (fresh tensors,
+        computed in place: the read-energy count needs them after every update)."""
         inv_p, inv_m, one_sided = self._inverse_bounds()
         if one_sided:  # aihwkit's OneSidedUnitCell: device 0 carries the negative part, device 1 the positive
             state = self.engine.device_state()
             gp, gm = state["hidden_weights_1"] * inv_p, state["hidden_weights_0"] * inv_m
         else:
             w = self.engine.get_weights()
-            gp, gm = w.clamp(min=0) * inv_p, (-w).clamp(min=0) * inv_m
-        return gp.clamp(0, 1), gm.clamp(0, 1)
-
-    def _relative_conductance_sums(self) -> Tensor:
-        """G+ + G- as a fraction of the span, per device: ``_relative_conductances()`` summed, the
-        same numbers in fewer passes (in place; this runs after every update)."""
-        inv_p, inv_m, one_sided = self._inverse_bounds()
-        if one_sided:
-            gp, gm = self._relative_conductances()
-            return gp + gm
-        w = self.engine.get_weights()
-        g = w.clamp(min=0).mul_(inv_p).clamp_(max=1)
-        return g.add_(w.clamp(max=0).neg_().mul_(inv_m).clamp_(max=1))
+            gp, gm = w.clamp(min=0).mul_(inv_p), w.clamp(max=0).neg_().mul_(inv_m)
+        return gp.clamp_(0, 1), gm.clamp_(0, 1)
 
     def _inverse_bounds(self) -> tuple[Tensor, Tensor, bool]:
         """1 / (each device's bound that maps to g_max) for G+ and G-, cached (device-to-device
@@ -367,7 +357,8 @@ class Crossbar(nn.Module):
         """sum_j (G+_ji + G-_ji) for every input row i, (in,) float64 in S (cached until the next write)."""
         if self._gsum_cache is None:
             p = self.profile.physics
-            rel = self._relative_conductance_sums().sum(0, dtype=torch.float64)
+            gp_rel, gm_rel = self._relative_conductances()
+            rel = gp_rel.add_(gm_rel).sum(0, dtype=torch.float64)
             self._gsum_cache = 2 * self.out_features * p.g_min_S + (p.g_max_S - p.g_min_S) * rel
         return self._gsum_cache
 

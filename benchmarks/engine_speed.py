@@ -253,16 +253,16 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--widths {args.widths!r}: a comma list of integers ('' skips the width sweep)")
     repeats = args.repeats or (3 if args.quick else 5)
     budget = args.budget or (4.0 if args.quick else 15.0)
-    profiles = list_devices(ROOT / "devices")
+    available = list_devices(ROOT / "devices")
+    profiles = available
     if args.quick:
         profiles = [q for q in profiles if q.stem in ("idealized", args.profile)]
     if args.profiles:
         wanted = [n for n in args.profiles.split(",") if n]
-        unknown = sorted(set(wanted) - {q.stem for q in list_devices(ROOT / "devices")})
+        unknown = sorted(set(wanted) - {q.stem for q in available})
         if unknown:
-            p.error(f"--profiles: no devices/{unknown[0]}.toml (profiles: "
-                    f"{', '.join(q.stem for q in list_devices(ROOT / 'devices'))})")
-        profiles = [q for q in list_devices(ROOT / "devices") if q.stem in wanted]
+            p.error(f"--profiles: no devices/{unknown[0]}.toml (profiles: {', '.join(q.stem for q in available)})")
+        profiles = [q for q in available if q.stem in wanted]
     gen = torch.Generator().manual_seed(0)
     sweep_profile = ROOT / "devices" / f"{args.profile}.toml"
     load_device(sweep_profile)
