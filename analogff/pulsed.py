@@ -1421,6 +1421,14 @@ def _build_cell(device_cfg: Any, shape: tuple[int, int], rng: _Rng, preset: str,
     return _SingleCell(device_cfg, shape, rng, where, up, kernels)
 
 
+def _quantize_(x: Tensor, res: float, bound: float) -> Tensor:
+    """aihwkit's UniformQuantize (deterministic rounding) in place: ``res`` states (or a step) over
+    ``[-bound, bound]``; same operations in the same order, so the same values."""
+    res = 1 / res if res > 1.0 else res
+    res *= 2 * bound
+    return x.div_(res).round_().mul_(res)
+
+
 @functools.lru_cache(maxsize=None)
 def _analog_mvm() -> type:
     """aihwkit's pure-torch ``AnalogMVM`` with the bound management of aihwkit's C++ tiles.
@@ -1451,10 +1459,27 @@ def _analog_mvm() -> type:
                     out_values += torch.randn_like(out_values) * out_noise_values.view(
                         1, -1, *((1,) * (out_values.ndim - 2)))
             if io_pars.out_res > 0:
-                out_values = UniformQuantize.apply(out_values, io_pars.out_res, io_pars.out_bound,
-                                                   io_pars.out_sto_round)
-            passed = ((out_values <= bound) & (out_values >= -bound)).all(dim=-1)
-            return passed, torch.clamp(out_values, min=-bound, max=bound)
+                if io_pars.out_sto_round:
+                    out_values = UniformQuantize.apply(out_values, io_pars.out_res, io_pars.out_bound, True)
+                else:  # UniformQuantize's operations, in place (out_values is this MVM's own tensor)
+                    _quantize_(out_values, io_pars.out_res, io_pars.out_bound)
+            passed = out_values.abs().amax(dim=-1) <= bound  # = all(-bound <= o <= bound), NaN fails
+            return passed, out_values.clamp_(min=-bound, max=bound)
+
+        @classmethod
+        def _prepare_input(cls, input_: Tensor, scale: Tensor, scaling: bool, with_asymmetry: bool,
+                           io_pars: Any) -> Tensor:
+            """AnalogMVM._prepare_input (the DAC: scale, quantise, clip) without its three copies of the
+            input: the same operations in place, so the same values (a test compares them). Input
+            noise, asymmetry and stochastic rounding take aihwkit's own path."""
+            if io_pars.inp_noise > 0.0 or with_asymmetry or (io_pars.inp_res > 0 and io_pars.inp_sto_round):
+                return super()._prepare_input(input_, scale, scaling, with_asymmetry, io_pars)
+            x = input_ * scale if scaling else input_.clone()
+            if io_pars.inp_res > 0:
+                _quantize_(x, io_pars.inp_res, io_pars.inp_bound)
+            if io_pars.inp_bound > 0:  # aihwkit: where(|x| <= bound, x, clamp(x)), the same values
+                x.clamp_(-io_pars.inp_bound, io_pars.inp_bound)
+            return x
 
         @classmethod
         def matmul(cls, weight: Tensor, input_: Tensor, io_pars: Any, trans: bool = False, is_test: bool = False,
@@ -1475,18 +1500,22 @@ def _analog_mvm() -> type:
             inp_res = io_pars.inp_res
             if inp_res > 0:
                 inp_res = (1 / inp_res if inp_res > 1.0 else inp_res) * 2.0 * io_pars.inp_bound
-            out = torch.empty(n, n_out, device=input_.device, dtype=input_.dtype)
-            pending = torch.arange(n, device=input_.device)
+            out: Tensor | None = None
+            pending: Tensor | None = None  # rows still to retry; None: the first pass, all rows
             reduction = 1.0  # the input scale is divided by this (doubled per retry), as in the C++
-            while pending.numel():
-                scale = 1.0 / (nm[pending] * reduction)
-                passed, o = cls._compute_analog_mv(weight=weight, input_=input_[pending], trans=trans, scale=scale,
+            while pending is None or pending.numel():
+                rows = (lambda t: t) if pending is None else (lambda t: t[pending])
+                scale = 1.0 / (rows(nm) * reduction)
+                passed, o = cls._compute_analog_mv(weight=weight, input_=rows(input_), trans=trans, scale=scale,
                                                    scaling=True, is_test=is_test, io_pars=io_pars, **fwd_pars)
                 o = o * (io_pars.out_scale / scale)
                 if reduction > io_pars.max_bm_factor or (inp_res > 0 and reduction > io_pars.max_bm_res / inp_res):
                     passed = torch.ones_like(passed)  # give up: keep the clipped outputs
-                out[pending[passed]] = o[passed]
-                pending = pending[~passed]
+                if pending is None:  # the failed rows are overwritten by their retries
+                    out, pending = o, (~passed).nonzero().squeeze(1)
+                else:
+                    out[pending[passed]] = o[passed]
+                    pending = pending[~passed]
                 reduction *= 2.0
             return out
 
