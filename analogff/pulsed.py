@@ -394,15 +394,17 @@ def _k_affine(hidden: Tensor, app: Tensor, ref: Tensor, mu_u: Tensor, mu_d: Tens
 
 
 def _exp_closed(w: Tensor, n: Tensor, r: Tensor, s: Tensor, zc: Tensor, lo: Tensor, hi: Tensor, var: Tensor,
-                A: float, gam: float, es_b: float, up: bool, sigma: float, add: float, slope: float, cplx: bool):
+                A: float | Tensor, gam: float | Tensor, es_b: float, up: bool | Tensor, sigma: float, add: float,
+                slope: float, cplx: bool):
     """n ExpStep pulses of one sign from w in closed form; adds their noise variance to ``var``.
+    (``up``, ``A``, ``gam`` may be per-device tensors: the sign of each device's run.)
 
     ``E = A exp(+-gamma z)``, ``z = zc w + b``, follows ``dE/dn = kappa E (1 - E)`` with
     ``kappa = gamma zc s`` (logistic): ``E_n = E g / (1 - E + E g)``, ``g = exp(kappa n)``, and
     ``|dw| = s n - log1p(E (g - 1)) / (gamma zc)``. The per-pulse noise is averaged over the steps
     at the start and the end of the run. Returns the end point, the variance and the end step.
     """
-    sgn = 1.0 if up else -1.0
+    sgn = torch.where(up, 1.0, -1.0) if isinstance(up, Tensor) else (1.0 if up else -1.0)
     e = A * torch.exp((sgn * gam) * (w * zc + es_b))
     gc = gam * zc
     # the cycle-to-cycle noise spreads w along the run, and E is convex in w: the mean step is
@@ -438,21 +440,33 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
            bits: Tensor,
            su: Tensor, sd: Tensor, zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor,
            reset_bias: Tensor, A_up: float, A_down: float, g_up: float, g_down: float, es_b: float, sigma: float,
-           add: float, slope: float, cplx: bool, wn: float, persistent: bool, has_decay: bool, up_first: bool):
-    """ExpStep (small steps): up and down runs in closed form, one after the other."""
+           add: float, slope: float, cplx: bool, wn: float, persistent: bool, has_decay: bool, up_first: bool,
+           one_sign: bool = False):
+    """ExpStep (small steps): up and down runs in closed form, one after the other.
+
+    ``one_sign``: no device gets pulses of both signs (a row-by-row or mixed-precision transfer: one
+    sample per device), so one run per device, of its own sign, does it; the other run would leave
+    the device exactly as it is. Half the work, the same result.
+    """
     u, z1, z2 = _unpack(bits)
     pulsed, nu, nd, r_u, r_d, ub, r_ud = _pulse_draw(mu_u, mu_d, m2_u, m2_d, m2_scale, u)
     w = hidden
     var = torch.zeros_like(hidden)
     step_u = step_d = var
-    for up in ((True, False) if up_first else (False, True)):
+    if one_sign:  # r_ud = 0: mu_u mu_d = 0 on every device
+        up = nu > 0
+        w, var, _ = _exp_closed(w, torch.where(up, nu, nd), torch.where(up, r_u, r_d), torch.where(up, su, sd), zc,
+                                lo, hi, var, torch.where(up, A_up, A_down), torch.where(up, g_up, g_down), es_b, up,
+                                sigma, add, slope, cplx)
+    for up in () if one_sign else ((True, False) if up_first else (False, True)):
         if up:
             w, var, step_u = _exp_closed(w, nu, r_u, su, zc, lo, hi, var, A_up, g_up, es_b, True, sigma, add, slope,
                                          cplx)
         else:
             w, var, step_d = _exp_closed(w, nd, r_d, sd, zc, lo, hi, var, A_down, g_down, es_b, False, sigma, add,
                                          slope, cplx)
-    var = var + r_ud * step_u * step_d
+    if not one_sign:
+        var = var + r_ud * step_u * step_d
     out = _bridge(hidden, w, var, nu + nd, lo, hi, z1, ub)
     h = torch.where(active, out, hidden)
     if has_decay:
@@ -866,15 +880,17 @@ class _DeviceArray:
 
     # -- pulses --------------------------------------------------------------------------------
     def pulse(self, mu_u: Tensor, mu_d: Tensor | None, m2_u: Tensor, m2_d: Tensor | None, rng: _Rng,
-              m2_scale: float = 1.0, post: bool = False, index: Tensor | None = None) -> float:
+              m2_scale: float = 1.0, post: bool = False, index: Tensor | None = None, one_sign: bool = False) -> float:
         """Apply a batch's pulses from the moments of the up / down coincidence counts: mean ``mu``
         and ``m2 * m2_scale = sum_b BL_b p^2`` (variance ``mu - m2``); ``mu_d None``: up only.
         ``post`` also does the once-per-batch decay. ``index`` (flat indices): only those devices
-        (the moments are then given for them only). Returns the number of pulses."""
+        (the moments are then given for them only). ``one_sign``: no device has both up and down
+        moments (a transfer; ``mu_d None`` implies it). Returns the number of pulses."""
         shape = self.shape if index is None else (int(index.numel()),)
         zero = torch.zeros((), device=self.device)
         if mu_d is None:
             mu_d = m2_d = zero.expand(shape)
+            one_sign = True
 
         def at(t: Tensor) -> Tensor:
             return t if index is None else t.reshape(-1)[index]
@@ -900,7 +916,8 @@ class _DeviceArray:
                                  at(self.bmax), at(self.active), at(self.p["decay_scales"]), at(self.p["reset_bias"]),
                                  A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b, sigma=self.sigma,
                                  add=add, slope=slope, cplx=cplx, wn=self.write_noise, persistent=self.persistent,
-                                 has_decay=decay, up_first=self.calls % 2 == 1)
+                                 has_decay=decay, up_first=self.calls % 2 == 1,
+                                 one_sign=one_sign)
                 decay = False
         else:
             h, w, n = self.k("_k_affine", hidden, app, at(self.ref), mu_u, mu_d, m2_u, m2_d, m2_scale, rng.bits(shape),
@@ -1060,7 +1077,7 @@ class _SingleCell:
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in); every device gets one sample's pulses."""
         mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.up, self.gran, self.arr.k)
-        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=True)
+        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=True, one_sign=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         # aihwkit pulses sample after sample: where the step depends on the weight or a bound is
@@ -1376,14 +1393,14 @@ class _MixedPrecisionCell:
             left, mu_u, mu_d, m2_u, m2_d = self.arr.k("_k_mp_prepare", chi, self.gran, bl[:, None], b[:, None],
                                                       pd[:, None], res=res)
             self.chi = left if rows_mask is None else torch.where(rows_mask[:, None], left, chi)
-            return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng)
+            return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, one_sign=True)
         index = big.reshape(-1).nonzero().squeeze(1)  # sparse: only the devices that pass their step
         rows = index // n_in
         flat = chi.reshape(-1)
         left, mu_u, mu_d, m2_u, m2_d = self.arr.k("_k_mp_prepare", flat[index], self.gran, bl[rows], b[rows],
                                                   pd[rows], res=res)
         self.chi = flat.index_copy(0, index, left).reshape(self.shape)
-        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, index=index)
+        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, index=index, one_sign=True)
 
     def hidden_parameters(self) -> dict[str, Tensor]:
         out = self.arr.hidden_parameters()

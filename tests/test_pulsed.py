@@ -485,3 +485,32 @@ def test_rowwise_moments_equal_the_identity_batch(name):
         for a, b in zip(fast[:4], ref[:4]):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         assert fast[4] == ref[4] == 1.0
+
+
+@pytest.mark.parametrize("name", ["reram_es", "mp_reram_es"])
+def test_exp_step_one_sign_run_equals_both_runs(name):
+    """A transfer gives each device pulses of one sign: the ExpStep kernel's single run of that sign
+    (``one_sign``) ends exactly where the up run followed by the (empty) down run does."""
+    from analogff.pulsed import _k_exp, _rowwise_moments, _Rng
+
+    xbar = Crossbar(IN, OUT, device=DEVICES / f"{name}.toml", seed=0, engine="torch")
+    arr = xbar.engine.cell.arr
+    g = torch.Generator().manual_seed(3)
+    xbar.set_weights((torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.5)
+    u = torch.randn(OUT, IN, generator=g)
+    mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, 40 * arr.p["dwmin_up"].mean().item(), xbar.engine.cell.up,
+                                                  weight_granularity(arr.cfg))
+    assert bool(((mu_u > 0) & (mu_d > 0)).sum() == 0) and float(mu_u.sum()) > 0 and float(mu_d.sum()) > 0
+    bits = _Rng(0, torch.device("cpu")).bits((OUT, IN))
+    A_up, A_down, g_up, g_down, es_b = arr.es
+    c = arr.cfg
+    kw = dict(A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b, sigma=arr.sigma, add=float(c.dw_min_std_add),
+              slope=float(c.dw_min_std_slope), cplx=arr.complex_noise, wn=arr.write_noise, persistent=arr.persistent,
+              has_decay=False)
+    args = (arr.hidden, arr.w, mu_u, mu_d, m2_u, m2_d, sc, bits, arr.p["dwmin_up"], arr.p["dwmin_down"], arr.zc,
+            arr.bmin, arr.bmax, arr.active, arr.p["decay_scales"], arr.p["reset_bias"])
+    one = _k_exp(*args, up_first=True, one_sign=True, **kw)
+    for up_first in (True, False):
+        both = _k_exp(*args, up_first=up_first, one_sign=False, **kw)
+        assert torch.equal(one[0], both[0]) and torch.equal(one[1], both[1]) and float(one[2]) == float(both[2])
+    assert not torch.equal(one[0], arr.hidden)  # the pulses moved the devices
