@@ -537,6 +537,24 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
     return h, app, n.sum()
 
 
+def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float,
+                      bp: Tensor, bm: Tensor, sp: Tensor, sm: Tensor, zcp: Tensor, zcm: Tensor, lop: Tensor, lom: Tensor,
+                      hip: Tensor, him: Tensor, actp: Tensor, actm: Tensor, **kw: Any):
+    """:func:`_k_exp_exact` on a one-sided pair that a transfer pulses on one device only (``mu_u``
+    raises the plus device, ``mu_d`` the minus one, never both): one kernel on the pulsed device of
+    each pair, with the random bits it would have drawn alone (``bp``, ``bm``). The other device is
+    left as it is, which is what the kernel does to a device with no pulses (devices stay within their
+    bounds), so the result is that of two kernels at half the work. Returns (plus, minus, pulses)."""
+    sel = mu_u > 0
+
+    def w(a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(sel, a, b)
+
+    h, _, n = _k_exp_exact(w(hp, hm), w(hp, hm), w(mu_u, mu_d), w(m2_u, m2_d), m2_scale, torch.where(sel, bp, bm),
+                           w(sp, sm), w(zcp, zcm), w(lop, lom), w(hip, him), w(actp, actm), persistent=False, **kw)
+    return torch.where(sel, h, hp), torch.where(sel, hm, h), n
+
+
 def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, res: float):
     """Mixed-precision transfer: ``n = trunc(chi / granularity)`` leaves chi, and the coincidence
     moments of the row-wise pulse trains (x = n[j], d = e_j; per-row ``BL``, ``B``, ``p_d``)."""
@@ -940,6 +958,37 @@ class _DeviceArray:
             self.post_update(rng, decay=decay)
         return float(n)
 
+    def pairs_with(self, other: "_DeviceArray") -> bool:
+        """Whether a one-sided pair of self (plus) and other (minus) can take a transfer in one kernel
+        (:meth:`pulse_pair`): exact-pulse ExpStep devices of one configuration, nothing random after
+        the pulses (no write noise, diffusion or decay)."""
+        return all(a.kind == "ExpStepDevice" and bool(a.exact_pulses) and not a.persistent and not a.has_diffusion
+                   and not a.has_decay for a in (self, other)) and (self.es, self.sigma, self.exact_pulses,
+                                                                      self.complex_noise) == \
+            (other.es, other.sigma, other.exact_pulses, other.complex_noise)
+
+    def pulse_pair(self, minus: "_DeviceArray", mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, rng: _Rng,
+                   m2_scale: float = 1.0) -> float:
+        """``self.pulse(mu_u, ..., post=True)`` then ``minus.pulse(mu_d, ..., post=True)`` for a transfer
+        (no pair gets both), in one kernel (:func:`_k_exp_exact_pair`) with the same random draws:
+        the same values at half the work. Needs :meth:`pairs_with`. Returns the number of pulses."""
+        draws = 3 if self.exact_pulses > 2 else 2
+        bp = rng.bits((draws,) + self.shape)  # drawn in the order of the two pulse() calls
+        bm = rng.bits((draws,) + minus.shape)
+        self.calls += 1
+        minus.calls += 1
+        A_up, _, g_up, _, es_b = self.es
+        c = self.cfg
+        add, slope = (float(c.dw_min_std_add), float(c.dw_min_std_slope)) if self.complex_noise else (0.0, 0.0)
+        hp, hm, n = self.k("_k_exp_exact_pair", self.hidden, minus.hidden, mu_u, mu_d, m2_u, m2_d, m2_scale, bp, bm,
+                           self.p["dwmin_up"], minus.p["dwmin_up"], self.zc, minus.zc, self.bmin, minus.bmin,
+                           self.bmax, minus.bmax, self.active, minus.active, A=A_up, gam=g_up, es_b=es_b, up=True,
+                           sigma=self.sigma, add=add, slope=slope, cplx=self.complex_noise,
+                           n_exact=int(self.exact_pulses), wn=0.0)
+        self.hidden = self.w = hp
+        minus.hidden = minus.w = hm
+        return float(n)
+
     def reset_at(self, index: Tensor, rng: _Rng) -> None:
         """resetAtIndices: w = reset_bias + reset_std * xi, clipped, at the flat ``index``."""
         if self.persistent:
@@ -1147,15 +1196,22 @@ class _OneSidedCell:
 
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in), as ``in`` samples."""
-        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran, self.devs[0].k), u.shape[1], rng)
+        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran, self.devs[0].k), u.shape[1], rng,
+                                   one_sign=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         return self._apply_moments(_coincidence_moments(x, d, lr, self.up, self.gran, rng), x.shape[0], rng)
 
-    def _apply_moments(self, moments: tuple, b: int, rng: _Rng) -> float:
+    def _apply_moments(self, moments: tuple, b: int, rng: _Rng, one_sign: bool = False) -> float:
+        """Pulse the pair, then refresh. ``one_sign``: no pair has both up and down moments (a
+        row-by-row transfer), so one kernel can serve both devices (:meth:`_DeviceArray.pulse_pair`)."""
         mu_u, mu_d, m2_u, m2_d, sc = moments
-        pulses = self.devs[1].pulse(mu_u, None, m2_u, None, rng, m2_scale=sc, post=True)  # raise w: g_plus up
-        pulses += self.devs[0].pulse(mu_d, None, m2_d, None, rng, m2_scale=sc, post=True)  # lower w: g_minus up
+        plus, minus = self.devs[1], self.devs[0]
+        if one_sign and plus.pairs_with(minus):
+            pulses = plus.pulse_pair(minus, mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc)
+        else:
+            pulses = plus.pulse(mu_u, None, m2_u, None, rng, m2_scale=sc, post=True)  # raise w: g_plus up
+            pulses += minus.pulse(mu_d, None, m2_d, None, rng, m2_scale=sc, post=True)  # lower w: g_minus up
         every = int(self.cfg.refresh_every)
         if every > 0:
             if bool(self.cfg.units_in_mbatch):

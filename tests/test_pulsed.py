@@ -514,3 +514,29 @@ def test_exp_step_one_sign_run_equals_both_runs(name):
         both = _k_exp(*args, up_first=up_first, one_sign=False, **kw)
         assert torch.equal(one[0], both[0]) and torch.equal(one[1], both[1]) and float(one[2]) == float(both[2])
     assert not torch.equal(one[0], arr.hidden)  # the pulses moved the devices
+
+
+def test_pcm_pair_kernel_equals_two_device_kernels():
+    """A row-by-row transfer pulses one device of each PCM pair: the pair kernel (one pass, the same
+    random draws) gives exactly what the two device kernels give."""
+    from analogff.pulsed import _rowwise_moments
+
+    xbar = Crossbar(IN, OUT, device=DEVICES / "pcm.toml", seed=0, engine="torch")
+    cell, rng = xbar.engine.cell, xbar.engine.rng
+    plus, minus = cell.devs[1], cell.devs[0]
+    assert plus.pairs_with(minus)
+    g = torch.Generator().manual_seed(4)
+    xbar.set_weights((torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.5)
+    u = torch.randn(OUT, IN, generator=g)
+    mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, 3 * weight_granularity(plus.cfg), cell.up, cell.gran)
+    start = (plus.hidden.clone(), minus.hidden.clone(), rng.get_state())
+    n_two = plus.pulse(mu_u, None, m2_u, None, rng, m2_scale=sc, post=True)
+    n_two += minus.pulse(mu_d, None, m2_d, None, rng, m2_scale=sc, post=True)
+    two = (plus.hidden.clone(), minus.hidden.clone())
+    plus.set_apparent(start[0]), minus.set_apparent(start[1])
+    plus.hidden, minus.hidden = start[0].clone(), start[1].clone()
+    rng.set_state(start[2])
+    n_one = plus.pulse_pair(minus, mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc)
+    assert n_one == n_two > 0
+    assert torch.equal(plus.hidden, two[0]) and torch.equal(minus.hidden, two[1])
+    assert not torch.equal(two[0], start[0]) and not torch.equal(two[1], start[1])  # both devices moved
