@@ -47,6 +47,13 @@ class CrossbarEngine(Protocol):
     def load_state(self, state: dict[str, Any]) -> None: ...
 
 
+def _g_rel_sum(w: Tensor, inv_p: Tensor, inv_m: Tensor) -> Tensor:
+    """G+ + G- per device, fractions of the span: w's positive part over the G+ device's bound plus
+    its negative part over the G- device's, each clipped to [0, 1] (the operations of
+    :meth:`Crossbar._relative_conductances`, so the same values)."""
+    return w.clamp(min=0).mul(inv_p).clamp(0, 1) + w.clamp(max=0).neg().mul(inv_m).clamp(0, 1)
+
+
 class AihwkitEngine:
     """aihwkit's ``AnalogTile`` called directly: forward, backward and pulsed update, no autograd.
 
@@ -278,6 +285,17 @@ class Crossbar(nn.Module):
             gp, gm = w.clamp(min=0).mul_(inv_p), w.clamp(max=0).neg_().mul_(inv_m)
         return gp.clamp_(0, 1), gm.clamp_(0, 1)
 
+    def _relative_conductance_sum(self) -> Tensor:
+        """G+ + G- of every device as a fraction of the span (the values of
+        :meth:`_relative_conductances` added), in one pass: a fused kernel on the torch engine."""
+        inv_p, inv_m, one_sided = self._inverse_bounds()
+        if one_sided:
+            gp, gm = self._relative_conductances()
+            return gp.add_(gm)
+        kernels = getattr(self.engine, "kernels", None)
+        w = self.engine.get_weights()
+        return kernels(_g_rel_sum, w, inv_p, inv_m) if kernels is not None else _g_rel_sum(w, inv_p, inv_m)
+
     def _inverse_bounds(self) -> tuple[Tensor, Tensor, bool]:
         """1 / (each device's bound that maps to g_max) for G+ and G-, cached (device-to-device
         parameters are drawn once; a state load or a move clears the cache)."""
@@ -357,8 +375,7 @@ class Crossbar(nn.Module):
         """sum_j (G+_ji + G-_ji) for every input row i, (in,) float64 in S (cached until the next write)."""
         if self._gsum_cache is None:
             p = self.profile.physics
-            gp_rel, gm_rel = self._relative_conductances()
-            rel = gp_rel.add_(gm_rel).sum(0, dtype=torch.float64)
+            rel = self._relative_conductance_sum().sum(0, dtype=torch.float64)
             self._gsum_cache = 2 * self.out_features * p.g_min_S + (p.g_max_S - p.g_min_S) * rel
         return self._gsum_cache
 

@@ -603,8 +603,9 @@ class _Kernels:
     def __init__(self, compile: bool):
         self.compile = compile
 
-    def __call__(self, name: str, *args: Any, **kwargs: Any):
-        fn = globals()[name]
+    def __call__(self, name: str | Callable, *args: Any, **kwargs: Any):
+        fn = name if callable(name) else globals()[name]
+        name = name if isinstance(name, str) else f"{fn.__module__}.{fn.__qualname__}"
         if not self.compile or _Kernels._broken or _small_call(args):
             return fn(*args, **kwargs)
         if name not in _Kernels._compiled:

@@ -230,3 +230,23 @@ def test_analog_ff_step_runs_on_cuda():
     assert all(torch.isfinite(torch.tensor(v)) for v in out["layer_losses"])
     assert net.layers[0].xbar.engine.device.type == "cuda"
     assert net.total_counts().read_v2g_W > 0
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("compile", [False, True])
+def test_column_conductance_sums_are_the_devices_conductances(path, compile, monkeypatch):
+    """The read-energy model's per-row conductance sums (a fused kernel on the torch engine) are
+    exactly the sums of conductances(), the G+ and G- of every device, in siemens."""
+    monkeypatch.setenv("ANALOGFF_COMPILE", "1" if compile else "0")
+    if compile and load_device(path).preset not in ("EcRamPreset", "PCMPreset"):
+        pytest.skip("compiled once for a single-device and a pair profile (compilation takes seconds)")
+    xbar = Crossbar(20, 12, device=path, seed=0, engine="torch")
+    g = torch.Generator().manual_seed(0)
+    xbar.set_weights((torch.rand(12, 20, generator=g) * 2 - 1) * 2 * xbar.w_bound)  # some beyond the bounds
+    xbar.forward(torch.rand(4, 20, generator=g))
+    xbar.update(torch.rand(4, 20, generator=g), torch.randn(4, 12, generator=g) * 0.1, 0.05)
+    gp, gm = xbar.conductances()
+    want = (gp + gm).sum(0)
+    got = xbar._column_conductance_sums()
+    assert got.shape == (20,) and got.dtype == torch.float64
+    assert torch.allclose(got, want, rtol=1e-6, atol=0), (got, want)
