@@ -1434,13 +1434,14 @@ class _MixedPrecisionCell:
             sel = ((torch.arange(n_tr) + start) % n_rows).to(chi.device)
             rows_mask = torch.zeros(n_rows, dtype=torch.bool, device=chi.device)
             rows_mask[sel] = True
-        big = chi.abs() >= self.gran  # only these devices get pulses (|trunc(chi / granularity)| >= 1)
+        chi_abs = chi.abs()
+        big = chi_abs >= self.gran  # only these devices get pulses (|trunc(chi / granularity)| >= 1)
         if rows_mask is not None:
             big = big & rows_mask[:, None]
         n_big = int(big.sum())
         if n_big == 0:
             return 0.0
-        n_max = torch.trunc(chi.abs().amax(dim=1) / self.gran)  # max_i |trunc(chi_ji / granularity)|
+        n_max = torch.trunc(chi_abs.amax(dim=1) / self.gran)  # max_i |trunc(chi_ji / granularity)|
         # pulse trains of row j: x = n[j, :], d = e_j, lr = granularity * transfer_lr
         bl, a, b = _train_constants(n_max, torch.ones_like(n_max), self.gran * lr, self.up, self.gran)
         pd = _probabilities(torch.ones_like(a)[:, None], a, self.up)[:, 0]
