@@ -26,7 +26,7 @@ samples/s = 100 / (seconds per step). Prints markdown tables (for the README) in
    analog FF net on the torch engine (600 steps of both layers; step time only, no data loading).
 
 Usage: ``python benchmarks/engine_speed.py [--quick] [--threads N] [--profile NAME] [--torch-device cuda]
-[--engines torch,aihwkit]``.
+[--engines torch,aihwkit] [--batches 8]``.
 """
 
 from __future__ import annotations
@@ -115,24 +115,36 @@ def time_steps(step, repeats: int, budget_s: float, device: torch.device = torch
 
 def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeats: int, budget_s: float,
                 gen: torch.Generator, crossbar: bool = False, rule: str | None = None,
-                lr: float | None = None, device: torch.device = torch.device("cpu")) -> dict[str, float]:
+                lr: float | None = None, device: torch.device = torch.device("cpu"),
+                batches: int = 1) -> dict[str, float]:
     """Seconds per FF step (forward of 2 x 100 rows + one update) for each engine and digital,
     and the pulses per device of one update (torch engine). ``device``: where torch computes (the
-    aihwkit engine always runs on the CPU)."""
+    aihwkit engine always runs on the CPU). ``batches``: steps cycle through this many mini-batches
+    (1: every step repeats one batch and its update direction, so the weights drift one way)."""
     rule, lr = rule or RULE, LR if lr is None else lr
-    x, _ = mnist_batch(gen)
-    if n_in != IN:  # a hidden layer: normalised ReLU activities of the layer below
-        x = torch.relu(torch.randn(2 * BATCH, n_in, generator=gen))
-        x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-8)
-    out: dict[str, float] = {}
+
+    def rows() -> torch.Tensor:
+        xb, _ = mnist_batch(gen)
+        if n_in != IN:  # a hidden layer: normalised ReLU activities of the layer below
+            xb = torch.relu(torch.randn(2 * BATCH, n_in, generator=gen))
+            xb = xb / xb.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        return xb
+
+    first = rows()  # (drawn before w: --batches 1 times what it always did)
     w = (torch.rand(width, n_in, generator=gen) * 2 - 1) / n_in**0.5
-    d = layer_error(x, w, rule)
-    x, d = x.to(device), d.to(device)
+    pairs = [(xb.to(device), layer_error(xb, w, rule).to(device)) for xb in [first] + [rows() for _ in range(batches - 1)]]
+    out: dict[str, float] = {}
+    cursor = [0]
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        cursor[0] += 1
+        return pairs[cursor[0] % batches]
 
     w_dig = w.clone().to(device)
     adam_dig = Adam(tuple(w.shape), device)
 
     def digital_step() -> None:
+        x, d = batch()
         y = x @ w_dig.T  # the pos and the neg forward
         g = d.T @ x  # the local update matrix
         w_dig.add_(adam_dig(g) if rule == "adam" else g, alpha=-lr)
@@ -149,15 +161,16 @@ def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeat
         adam = Adam(tuple(w.shape), device)
         eye = torch.eye(n_in, device=device)
 
-        def update() -> float:  # the engine itself: pulsed update in device units
+        def update(x: torch.Tensor, d: torch.Tensor) -> float:  # the engine itself: pulsed update in device units
             if rule != "adam":
                 return eng.update(x, d, tile_lr)
             u = adam(d.T @ x)  # the periphery's Adam, then the row-by-row transfer
             return eng.update_rows(u, tile_lr) if engine == "torch" else eng.update(eye, u.T, tile_lr)
 
         def step() -> None:  # MVMs and pulsed update
+            x, d = batch()
             eng.forward(x, False)
-            update()
+            update(x, d)
 
         t0 = time.perf_counter()
         step()  # warm-up (torch.compile happens here on big tiles)
@@ -168,11 +181,12 @@ def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeat
                 step()
         out[engine] = time_steps(step, repeats, budget_s, device)
         if engine == "torch":
-            out["pulses_per_device"] = update() / (n_in * width)
+            out["pulses_per_device"] = update(*batch()) / (n_in * width)
         if engine == "torch" and crossbar:
             layer_step = AnalogLayer(n_in - 1, width, update=rule, crossbar=xbar, bias=True).to(device)
 
             def xbar_step() -> None:  # plus the layer's periphery, the Crossbar's checks and counting
+                x, d = batch()
                 xbar.forward(x)
                 layer_step.apply_update(x[:, :-1], d, lr)
 
@@ -219,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", default=None, help="comma list of profiles of the per-profile table (default all)")
     p.add_argument("--torch-device", default="cpu", help="where the torch engine and digital run: cpu | cuda")
     p.add_argument("--engines", default="torch,aihwkit", help="comma list; aihwkit runs on the CPU only")
+    p.add_argument("--batches", type=int, default=1,
+                   help="steps cycle through this many MNIST mini-batches (default 1: one batch and one update "
+                        "direction repeated, so the weights drift one way)")
     args = p.parse_args(argv)
     device = torch.device(args.torch_device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--torch-device {args.torch_device}: torch sees no CUDA GPU here")
+    if args.batches < 1:
+        p.error(f"--batches {args.batches}: at least 1")
     engines = [e for e in args.engines.split(",") if e]
     if not engines or set(engines) - {"torch", "aihwkit"}:
         p.error(f"--engines {args.engines!r}: a comma list of torch, aihwkit")
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}), torch device {device}, ANALOGFF_COMPILE="
           f"{os.environ.get('ANALOGFF_COMPILE', 'auto')}; median of {repeats} steps; update rule {RULE}, lr {LR}, "
-          "MNIST rows\n")
+          f"MNIST rows, {args.batches} mini-batch(es) in turn\n")
 
     def ms(r: dict, key: str) -> str:
         return f"{r[key] * 1e3:.1f}" if key in r else "-"
@@ -289,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch time / digital | torch in AnalogLayer samples/s | torch first step (compile), s |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in widths:
-        r = bench_width(sweep_profile, IN, width, engines, repeats, budget, gen, crossbar="torch" in engines,
+        r = bench_width(sweep_profile, IN, width, engines, repeats, budget, gen, crossbar="torch" in engines, batches=args.batches,
                         device=device)
         print(f"| {width} | {rate(r, 'digital')} | {rate(r, 'torch')} | {rate(r, 'aihwkit')} | "
               f"{ratio(r, 'aihwkit', 'torch')} | {ratio(r, 'torch', 'digital', 1)} | {rate(r, 'torch_xbar')} | "
@@ -306,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
           "torch / aihwkit (dense) | torch time / digital | epoch s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for prof in profiles:
-        r = bench_width(prof, IN, 500, engines, repeats, budget, gen, device=device)
-        rd = bench_width(prof, IN, 500, engines, repeats, budget, gen, rule="normalized", lr=DENSE_LR, device=device)
-        r2 = bench_width(prof, 500, 500, [e for e in engines if e == "torch"], repeats, budget, gen, device=device)
+        r = bench_width(prof, IN, 500, engines, repeats, budget, gen, device=device, batches=args.batches)
+        rd = bench_width(prof, IN, 500, engines, repeats, budget, gen, rule="normalized", lr=DENSE_LR, device=device,
+                         batches=args.batches)
+        r2 = bench_width(prof, 500, 500, [e for e in engines if e == "torch"], repeats, budget, gen, device=device,
+                         batches=args.batches)
         epoch = f"{600 * (r['torch'] + r2['torch']):.0f}" if "torch" in r else "-"
         print(f"| {prof.stem} | {load_device(prof).preset} | {ms(r, 'digital')} | "
               f"{r.get('pulses_per_device', float('nan')):.1f} | {ms(r, 'torch')} | {ms(r, 'aihwkit')} | "
