@@ -47,11 +47,17 @@ class CrossbarEngine(Protocol):
     def load_state(self, state: dict[str, Any]) -> None: ...
 
 
+def _g_rel(w: Tensor, inv_p: Tensor, inv_m: Tensor) -> tuple[Tensor, Tensor]:
+    """(G+, G-) per device as fractions of the span, for a weight carried by one device of a pair:
+    w's positive part over the G+ device's bound, its negative part over the G- device's, each
+    clipped to [0, 1]."""
+    return w.clamp(min=0).mul(inv_p).clamp(0, 1), w.clamp(max=0).neg().mul(inv_m).clamp(0, 1)
+
+
 def _g_rel_sum(w: Tensor, inv_p: Tensor, inv_m: Tensor) -> Tensor:
-    """G+ + G- per device, fractions of the span: w's positive part over the G+ device's bound plus
-    its negative part over the G- device's, each clipped to [0, 1] (the operations of
-    :meth:`Crossbar._relative_conductances`, so the same values)."""
-    return w.clamp(min=0).mul(inv_p).clamp(0, 1) + w.clamp(max=0).neg().mul(inv_m).clamp(0, 1)
+    """G+ + G- per device (:func:`_g_rel`), one fused pass where the engine compiles its kernels."""
+    gp, gm = _g_rel(w, inv_p, inv_m)
+    return gp + gm
 
 
 class AihwkitEngine:
@@ -274,16 +280,12 @@ class Crossbar(nn.Module):
             (p.g_min_S + span * gm_rel).clamp(p.g_min_S, p.g_max_S)
 
     def _relative_conductances(self) -> tuple[Tensor, Tensor]:
-        """(G+, G-) as fractions in [0, 1] of the programmable span g_max - g_min (fresh tensors,
-        computed in place: the read-energy count needs them after every update)."""
+        """(G+, G-) as fractions in [0, 1] of the programmable span g_max - g_min (fresh tensors)."""
         inv_p, inv_m, one_sided = self._inverse_bounds()
         if one_sided:  # aihwkit's OneSidedUnitCell: device 0 carries the negative part, device 1 the positive
             state = self.engine.device_state()
-            gp, gm = state["hidden_weights_1"] * inv_p, state["hidden_weights_0"] * inv_m
-        else:
-            w = self.engine.get_weights()
-            gp, gm = w.clamp(min=0).mul_(inv_p), w.clamp(max=0).neg_().mul_(inv_m)
-        return gp.clamp_(0, 1), gm.clamp_(0, 1)
+            return (state["hidden_weights_1"] * inv_p).clamp_(0, 1), (state["hidden_weights_0"] * inv_m).clamp_(0, 1)
+        return _g_rel(self.engine.get_weights(), inv_p, inv_m)
 
     def _relative_conductance_sum(self) -> Tensor:
         """G+ + G- of every device as a fraction of the span (the values of

@@ -458,14 +458,14 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
         w, var, _ = _exp_closed(w, torch.where(up, nu, nd), torch.where(up, r_u, r_d), torch.where(up, su, sd), zc,
                                 lo, hi, var, torch.where(up, A_up, A_down), torch.where(up, g_up, g_down), es_b, up,
                                 sigma, add, slope, cplx)
-    for up in () if one_sign else ((True, False) if up_first else (False, True)):
-        if up:
-            w, var, step_u = _exp_closed(w, nu, r_u, su, zc, lo, hi, var, A_up, g_up, es_b, True, sigma, add, slope,
-                                         cplx)
-        else:
-            w, var, step_d = _exp_closed(w, nd, r_d, sd, zc, lo, hi, var, A_down, g_down, es_b, False, sigma, add,
-                                         slope, cplx)
-    if not one_sign:
+    else:
+        for up in ((True, False) if up_first else (False, True)):
+            if up:
+                w, var, step_u = _exp_closed(w, nu, r_u, su, zc, lo, hi, var, A_up, g_up, es_b, True, sigma, add,
+                                             slope, cplx)
+            else:
+                w, var, step_d = _exp_closed(w, nd, r_d, sd, zc, lo, hi, var, A_down, g_down, es_b, False, sigma, add,
+                                             slope, cplx)
         var = var + r_ud * step_u * step_d
     out = _bridge(hidden, w, var, nu + nd, lo, hi, z1, ub)
     h = torch.where(active, out, hidden)
@@ -711,6 +711,8 @@ class _DeviceArray:
             raise _refuse(where, "reverse_up/down needs mult_noise (aihwkit refuses it too)")
         self.complex_noise = self.kind == "ExpStepDevice" and self.sigma > 0 and (
             float(c.dw_min_std_add) != 0 or float(c.dw_min_std_slope) != 0)
+        # ExpStep's complex noise: per-pulse std dw_min_std (|dw| + add + slope |w|); zeros without it
+        self.noise_add_slope = (float(c.dw_min_std_add), float(c.dw_min_std_slope)) if self.complex_noise else (0.0, 0.0)
         self.has_decay = float(c.lifetime) > 0
         self.has_diffusion = float(c.diffusion) > 0
         self.exact_pulses = exact_pulses
@@ -919,9 +921,8 @@ class _DeviceArray:
         hidden, app = at(self.hidden), at(self.w)
         if self.kind == "ExpStepDevice":
             A_up, A_down, g_up, g_down, es_b = self.es
-            c = self.cfg
             cplx = self.complex_noise
-            add, slope = (float(c.dw_min_std_add), float(c.dw_min_std_slope)) if cplx else (0.0, 0.0)
+            add, slope = self.noise_add_slope
             if self.exact_pulses:
                 draws = 3 if (self.persistent or self.exact_pulses > 2) else 2
                 h, w, n = self.k("_k_exp_exact", hidden, app, mu_u, m2_u, m2_scale, rng.bits((draws,) + shape),
@@ -979,8 +980,7 @@ class _DeviceArray:
         self.calls += 1
         minus.calls += 1
         A_up, _, g_up, _, es_b = self.es
-        c = self.cfg
-        add, slope = (float(c.dw_min_std_add), float(c.dw_min_std_slope)) if self.complex_noise else (0.0, 0.0)
+        add, slope = self.noise_add_slope
         hp, hm, n = self.k("_k_exp_exact_pair", self.hidden, minus.hidden, mu_u, mu_d, m2_u, m2_d, m2_scale, bp, bm,
                            self.p["dwmin_up"], minus.p["dwmin_up"], self.zc, minus.zc, self.bmin, minus.bmin,
                            self.bmax, minus.bmax, self.active, minus.active, A=A_up, gam=g_up, es_b=es_b, up=True,
