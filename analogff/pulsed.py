@@ -468,11 +468,11 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
                                              slope, cplx)
         var = var + r_ud * step_u * step_d
     out = _bridge(hidden, w, var, nu + nd, lo, hi, z1, ub)
-    h = torch.where(active, out, hidden)
+    h = torch.where(active > 0, out, hidden)
     if has_decay:
         h = torch.minimum(torch.maximum((h - reset_bias) * decay + reset_bias, lo), hi)
     if persistent:
-        app = h + wn * z2 if has_decay else torch.where(pulsed & active, h + wn * z2, app)
+        app = h + wn * z2 if has_decay else torch.where(pulsed & (active > 0), h + wn * z2, app)
     else:
         app = h
     return h, app, (nu + nd).sum()
@@ -480,6 +480,23 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
 
 _POISSON_TERMS = 8
 _POISSON_MAX = 2.0
+
+
+def _poisson_small(lam: Tensor, u: Tensor) -> Tensor:
+    """Poisson(lam) by inverse CDF at the uniform ``u``, for ``lam <= 2`` (up to 7)."""
+    pk = torch.exp(-lam)
+    cdf = pk
+    n = (u > cdf).to(torch.float32)
+    # terms below 1e-20 are dropped (and lam below 1e-10 gives none): cdf >= exp(-2) takes no term
+    # under half its float32 ulp (7.5e-9), so the counts are those of the full recursion, whose
+    # products would otherwise fall into subnormal floats, which x86 CPUs compute ~100x slower
+    lam_t = torch.where(lam > 1e-10, lam, 0.0)
+    for k in range(1, _POISSON_TERMS):
+        pk = pk * lam_t / k
+        pk = torch.where(pk > 1e-20, pk, 0.0)
+        cdf = cdf + pk
+        n = n + (u > cdf).to(torch.float32)
+    return n
 
 
 def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, bits: Tensor, s: Tensor, zc: Tensor,
@@ -507,14 +524,7 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
     f = mu - torch.floor(mu)
     lam = (mu - m2 * m2_scale - f * (1.0 - f)).clamp(min=0.0)
     big = lam > _POISSON_MAX
-    lam_s = torch.where(big, 0.0, lam)
-    pk = torch.exp(-lam_s)
-    cdf = pk
-    n_p = (u1 > cdf).to(torch.float32)
-    for k in range(1, _POISSON_TERMS):
-        pk = pk * lam_s / k
-        cdf = cdf + pk
-        n_p = n_p + (u1 > cdf).to(torch.float32)
+    n_p = _poisson_small(torch.where(big, 0.0, lam), u1)
     n = torch.floor(mu - lam + u0) + torch.where(big, torch.floor(lam + u1), n_p)
     fl = lam - torch.floor(lam)
     r = torch.where(big, (lam - fl * (1.0 - fl)).clamp(min=0.0), 0.0)
@@ -529,9 +539,9 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
         left = (left - 1.0).clamp(min=0.0)
     w1, v, _ = _exp_closed(w, left, r, s, zc, lo, hi, torch.zeros_like(w), A, gam, es_b, up, sigma, add, slope, cplx)
     out = _bridge(w, w1, v, left, lo, hi, z_end, u2)
-    h = torch.where(active, out, hidden)
+    h = torch.where(active > 0, out, hidden)
     if persistent:
-        app = torch.where((n > 0) & active, h + wn * ze, app)
+        app = torch.where((n > 0) & (active > 0), h + wn * ze, app)
     else:
         app = h
     return h, app, n.sum()
@@ -576,7 +586,8 @@ def _k_refresh_read(wp: Tensor, wm: Tensor, bits: Tensor, out_noise: float, res:
                     w_max: float, w_min: float, hi: float, lo: float):
     """OneSided refresh: read both arrays through the refresh forward with unit inputs (each output
     is ``w + out_noise xi``, ADC-quantised and clipped, as aihwkit's output stage), and decide which
-    pairs to refresh (both devices large): ``(refresh, diff_plus, diff_minus)``."""
+    pairs to refresh (both devices large): ``(refresh, diff_plus, diff_minus)``, ``refresh`` a 0 / 1
+    float mask (compiled CPU kernels store bool tensors several times slower)."""
     _, za, zb = _unpack(bits)
     rp = wp + out_noise * za
     rm = wm + out_noise * zb
@@ -587,7 +598,7 @@ def _k_refresh_read(wp: Tensor, wm: Tensor, bits: Tensor, out_noise: float, res:
     rm = rm.clamp(min=-bound, max=bound)
     bigger = rp > rm
     crit = torch.where(bigger, (rp / w_max > hi) & (rm / w_min > lo), (rp / w_max > lo) & (rm / w_min > hi))
-    return crit, torch.where(crit & bigger, rp - rm, 0.0), torch.where(crit & ~bigger, rm - rp, 0.0)
+    return crit.to(wp.dtype), torch.where(crit & bigger, rp - rm, 0.0), torch.where(crit & ~bigger, rm - rp, 0.0)
 
 
 class _Kernels:
@@ -818,8 +829,10 @@ class _DeviceArray:
         if self.kind == "ExpStepDevice":
             c = self.cfg
             b_diff = self.bmax - self.bmin
-            self.active = b_diff > 0
-            self.zc = torch.where(self.active, 2 * float(c.a) / torch.where(self.active, b_diff, 1.0), 0.0)
+            # a 0 / 1 mask in float: compiled CPU kernels load (and store) bool tensors several times
+            # slower than float ones
+            self.active = (b_diff > 0).to(b_diff.dtype)
+            self.zc = torch.where(b_diff > 0, 2 * float(c.a) / torch.where(b_diff > 0, b_diff, 1.0), 0.0)
             self.es = (float(c.A_up), float(c.A_down), float(c.gamma_up), float(c.gamma_down), float(c.b))
             if self.exact_pulses is None:
                 self.exact_pulses = 0 if self._exp_discreteness() < 0.1 else 2
@@ -1271,8 +1284,7 @@ class _OneSidedCell:
                                           w_max=w_max, w_min=w_min, hi=hi, lo=lo)
             if cidx is not None:  # back to full arrays (few entries)
                 full = torch.zeros(plus.shape, device=plus.device).reshape(-1)
-                crit = torch.zeros(plus.shape, dtype=torch.bool, device=plus.device).reshape(-1).index_copy(
-                    0, cidx, crit).reshape(plus.shape)
+                crit = full.index_copy(0, cidx, crit).reshape(plus.shape)
                 diff_p = full.index_copy(0, cidx, diff_p).reshape(plus.shape)
                 diff_m = full.index_copy(0, cidx, diff_m).reshape(plus.shape)
         else:

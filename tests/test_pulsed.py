@@ -540,3 +540,67 @@ def test_pcm_pair_kernel_equals_two_device_kernels():
     assert n_one == n_two > 0
     assert torch.equal(plus.hidden, two[0]) and torch.equal(minus.hidden, two[1])
     assert not torch.equal(two[0], start[0]) and not torch.equal(two[1], start[1])  # both devices moved
+
+
+@pytest.mark.parametrize("name", ["reram_es", "pcm"])
+def test_exp_step_devices_without_range_stay_put(name):
+    """aihwkit's ExpStep device updates only where max_bound > min_bound (rpu_expstep_device.cpp);
+    the kernels read that from the ``active`` 0 / 1 mask (a float: compiled CPU kernels load bool
+    tensors slowly), and a device without range keeps its weight while the others move."""
+    xbar = Crossbar(IN, OUT, device=DEVICES / f"{name}.toml", seed=0, engine="torch")
+    cell = xbar.engine.cell
+    arrs = list(cell.devs) if hasattr(cell, "devs") else [cell.arr]
+    g = torch.Generator().manual_seed(5)
+    xbar.set_weights((torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.3)
+    dead = torch.zeros(OUT, IN, dtype=torch.bool)
+    dead[::3, ::2] = True
+    for arr in arrs:
+        arr.p["max_bound"] = torch.where(dead, arr.p["min_bound"], arr.p["max_bound"])
+        arr._derive()
+        assert arr.active.dtype == torch.float32 and torch.equal(arr.active == 0, dead)
+    before = [arr.hidden.clone() for arr in arrs]
+    u = torch.randn(OUT, IN, generator=g)
+    xbar.engine.update_rows(u, 20 * float(arrs[0].p["dwmin_up"].mean()))
+    moved = torch.zeros(OUT, IN, dtype=torch.bool)
+    for arr, h0 in zip(arrs, before):
+        assert torch.equal(arr.hidden[dead], h0[dead])
+        moved |= arr.hidden != h0
+    assert moved[~dead].float().mean() > 0.3
+
+
+def test_poisson_counts_skip_subnormal_terms_without_changing_a_count():
+    """``_poisson_small`` drops terms below 1e-20 (and lam below 1e-10), which keeps its recursion out
+    of subnormal floats (slow on x86); its counts equal the full recursion's for lam from 1e-30 to 2,
+    with the uniforms placed on and just above every partial sum of the CDF, where a dropped term
+    that mattered would flip a count."""
+    from analogff.pulsed import _POISSON_MAX, _POISSON_TERMS, _poisson_small
+
+    def full(lam: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pk = torch.exp(-lam)
+        cdf, sums = pk, [pk]
+        n = (u > cdf).to(torch.float32)
+        for k in range(1, _POISSON_TERMS):
+            pk = pk * lam / k
+            cdf = cdf + pk
+            sums.append(cdf)
+            n = n + (u > cdf).to(torch.float32)
+        return n, sums
+
+    g = torch.Generator().manual_seed(0)
+    lam = torch.cat([torch.logspace(-30, math.log10(_POISSON_MAX), 3000), torch.rand(3000, generator=g) * _POISSON_MAX,
+                     torch.zeros(1)])
+    _, sums = full(lam, torch.zeros_like(lam))
+    us = [torch.rand(lam.shape, generator=g)]
+    for s in sums:
+        us += [s, torch.nextafter(s, torch.ones_like(s)), torch.nextafter(s, torch.zeros_like(s))]
+    lam_all, u_all = lam.repeat(len(us)), torch.cat(us).clamp(max=1 - 2**-24)
+    want, _ = full(lam_all, u_all)
+    assert torch.equal(_poisson_small(lam_all, u_all), want)
+    assert float(want.max()) >= 5 and float(want.min()) == 0
+    # the guard is what keeps subnormals out: the full recursion makes them on small lam
+    tiny = torch.finfo(torch.float32).tiny
+    pk, sub = torch.ones(1), False
+    for k in range(1, _POISSON_TERMS):
+        pk = pk * 1e-7 / k
+        sub |= bool((pk > 0) & (pk < tiny))
+    assert sub
