@@ -40,6 +40,24 @@ DEFAULT_DEVICE = "devices/ecram.toml"
 DATASETS = ("mnist", "fashion_mnist")
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse rather than hand it back to the OS after every
+    step (``mallopt``: mmap threshold 32 MiB, no trimming). A training step frees and reallocates
+    arrays of a few MiB; memory fresh from the OS costs a page fault per 4 KiB (microseconds on a
+    virtual machine), 7-11 % of an analog step here. The same results; the process keeps its peak
+    memory. Returns whether it applied (Linux with glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, -1) == 1
+    except (OSError, AttributeError):  # another C library
+        return False
+
+
 @dataclass
 class ExperimentConfig:
     """Everything a run depends on (written into results.json so the run can be repeated)."""
@@ -431,6 +449,7 @@ def _default_out(stem: str, resume: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         configs = configs_from_args(args)
     except SystemExit as exc:

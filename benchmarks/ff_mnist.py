@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analogff.devices import load_device  # noqa: E402
+from analogff.experiment import keep_freed_memory  # noqa: E402
 from analogff.ff import ANALOG_UPDATES, FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
 
 # name -> (dims, epochs, batch size, config). "default" is FFConfig() on the main job's net.
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the main job does
     name = "quick" if args.quick else args.recipe
     dims, epochs, batch_size, cfg = RECIPES["default" if args.quick else args.recipe]
     epochs = 1 if args.quick and args.epochs is None else (args.epochs or epochs)
