@@ -2,9 +2,11 @@
 
 The main job's step of one 784 x 500 layer (as ``engine_speed.py`` times it): the forward MVM of 200
 MNIST rows and the periphery's Adam step transferred row by row (``update_rows``). Prints the
-wall-clock ms of each of the first ``--steps`` steps (the first ones include ``torch.compile``), then,
-for the profiles named in ``--profile-ops``, torch.profiler tables of 5 more steps sorted by device
-and by host time (on CUDA: GPU kernel time per step against host time, and the number of launches).
+wall-clock ms and the page faults of each of the first ``--steps`` steps (the first ones include
+``torch.compile``), then, for the profiles named in ``--profile-ops``, torch.profiler tables of 5 more
+steps sorted by device and by host time (on CUDA: GPU kernel time per step against host time, and
+the number of launches). Like the main job, it calls ``experiment.keep_freed_memory()`` unless
+``--no-keep-freed``.
 
 Usage: ``python benchmarks/profile_step.py --profiles pcm,reram_sb --profile-ops reram_sb
 [--torch-device cuda]``.
@@ -13,6 +15,7 @@ Usage: ``python benchmarks/profile_step.py --profiles pcm,reram_sb --profile-ops
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-ops", default="", help="comma list of profiles to run torch.profiler on")
     p.add_argument("--steps", type=int, default=6, help="timed steps per profile")
     p.add_argument("--torch-device", default="cpu", help="cpu | cuda")
+    p.add_argument("--no-keep-freed", action="store_true",
+                   help="leave glibc's malloc as it is (no experiment.keep_freed_memory())")
     args = p.parse_args(argv)
     dev = torch.device(args.torch_device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -40,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from analogff.crossbar import Crossbar
     from analogff.data import load_mnist
+    from analogff.experiment import keep_freed_memory
     from analogff.ff import adam_direction
+
+    if not args.no_keep_freed:
+        keep_freed_memory()  # as the main job does
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -61,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             eng.forward(x, False)
             eng.update_rows(adam_direction(m, v, t, d.T @ x), 1e-3 / xb.w_scale)
 
-        times = []
+        times, faults = [], []
         for t in range(1, args.steps + 1):
             sync()
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             step(t)
             sync()
             times.append((time.perf_counter() - t0) * 1e3)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         print(name, f"ms per step, steps 1..{args.steps}:", " ".join(f"{t:.1f}" for t in times), flush=True)
+        print(name, "page faults per step:", " ".join(str(f) for f in faults), flush=True)
         if name in args.profile_ops.split(","):
             from torch.profiler import ProfilerActivity, profile
 
