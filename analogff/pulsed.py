@@ -1271,7 +1271,7 @@ class _OneSidedCell:
             noise, res, bound = plain
             margin = 7 * noise + res
             cand = torch.minimum(plus.w - (lo * w_max - margin), minus.w - (lo * w_min - margin)) > 0
-            n_cand = int(cand.sum())
+            n_cand = int(torch.count_nonzero(cand))  # (a bool sum casts to int64 first: 8x slower)
             if n_cand == 0:
                 return 0.0
             cidx = None if n_cand > cand.numel() // 4 else cand.reshape(-1).nonzero().squeeze(1)
@@ -1450,7 +1450,7 @@ class _MixedPrecisionCell:
         big = chi_abs >= self.gran  # only these devices get pulses (|trunc(chi / granularity)| >= 1)
         if rows_mask is not None:
             big = big & rows_mask[:, None]
-        n_big = int(big.sum())
+        n_big = int(torch.count_nonzero(big))
         if n_big == 0:
             return 0.0
         n_max = torch.trunc(chi_abs.amax(dim=1) / self.gran)  # max_i |trunc(chi_ji / granularity)|
