@@ -252,14 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     global adam_direction
     from analogff.crossbar import Crossbar
     from analogff.devices import list_devices, load_device
-    from analogff.experiment import keep_freed_memory
+    from analogff.experiment import ExperimentConfig, keep_freed_memory
     from analogff.ff import AnalogLayer, FFConfig, adam_direction, ff_loss_and_error, overlay_label
 
     keep_freed_memory()  # as the main job does (for every engine and the digital step alike)
 
     try:
-        from analogff.experiment import ExperimentConfig
-
         job = ExperimentConfig()
         LR, RULE = float(job.ff_lr_analog), str(job.analog_update)
     except Exception:  # keep the module defaults
