@@ -88,6 +88,9 @@ __all__ = [
     "h100_peak_J_per_mac",
     "isaac_constants",
     "COMPONENTS",
+    "measured",
+    "evaluation",
+    "total_counts",
 ]
 
 
@@ -673,14 +676,26 @@ def isaac_constants(**overrides: Any) -> EnergyConstants:
 # ---------------------------------------------------------------------------------------------
 # Counting across a module tree
 # ---------------------------------------------------------------------------------------------
+#: attribute-name prefix of counters that hold evaluation, not training (``BPNet.eval_counters``,
+#: ``FFNet.eval_counters``): :func:`counters_in` and :func:`total_counts` leave them out.
+EVAL_PREFIX = "eval_"
+
+
 def counters_in(module: Any) -> list[OpCounts]:
-    """Every :class:`OpCounts` held as an attribute by ``module`` or its submodules (nn.Module tree)."""
+    """Every :class:`OpCounts` held as an attribute by ``module`` or its submodules (nn.Module tree),
+    except evaluation counters (attributes named ``eval_*``): these are the training counters."""
     found: list[OpCounts] = []
     mods = module.modules() if hasattr(module, "modules") else [module]
     for m in mods:
         if hasattr(m, "flush_counters"):  # a crossbar sums read energy on its device until asked
             m.flush_counters()
-        found += [v for v in vars(m).values() if isinstance(v, OpCounts) and all(v is not f for f in found)]
+        for k, v in vars(m).items():
+            if k.startswith(EVAL_PREFIX):
+                continue
+            if not isinstance(v, OpCounts) and not hasattr(v, "modules"):  # e.g. a test's fake crossbar
+                v = getattr(v, "counters", None) if hasattr(v, "forward") else None
+            if isinstance(v, OpCounts) and all(v is not f for f in found):
+                found.append(v)
     return found
 
 
@@ -725,3 +740,24 @@ class measured:
             if not nested:
                 c.reset()  # outermost block: the counters are as before it
             c += saved  # nested: saved + this block's work, for the enclosing block to see
+
+
+class evaluation(measured):
+    """Context manager: what the block does in ``module`` is evaluation, not training. The counts go
+    to ``into`` (e.g. ``net.eval_counters``) and the training counters are as before the block.
+
+        with evaluation(net, net.eval_counters):
+            net.accuracy(x_test, y_test)
+    """
+
+    def __init__(self, module: Any, into: OpCounts):
+        super().__init__(module)
+        self.into = into
+
+    def __exit__(self, *exc: Any) -> None:
+        measured._depth -= 1
+        self.counts = total_counts(self.module)
+        for c, saved in self._saved:  # even inside another block: evaluation never counts as training
+            c.reset()
+            c += saved
+        self.into += self.counts

@@ -148,6 +148,8 @@ def _crossbars(net: torch.nn.Module) -> list:
 
 def _drift(net, evaluate: Callable[[], float], times: list[float]) -> dict[str, Any]:
     """Accuracy t seconds after programming the trained arrays (aihwkit inference noise + drift)."""
+    from .energy import measured
+
     xbars = _crossbars(net)
     if not xbars or not times:
         return {}
@@ -163,7 +165,8 @@ def _drift(net, evaluate: Callable[[], float], times: list[float]) -> dict[str, 
             except Exception as exc:  # e.g. ReRamWan2022NoiseModel is measured at 1 s, 1 day, 2 days only
                 unsupported[_tkey(t)] = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 continue
-            result[_tkey(t)] = evaluate()
+            with measured(net):  # drift checks are neither training nor the run's evaluation
+                result[_tkey(t)] = evaluate()
         if unsupported:
             result["unsupported"] = unsupported
     finally:
@@ -205,7 +208,6 @@ def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume:
 
 
 def _run_bp(name: str, cfg: ExperimentConfig, profile, data, on_epoch: Callable[[dict], None]):
-    from .energy import measured
     from .reference import AnalogBPNet, BPNet, evaluate, evaluate_analog, train_analog_bp, train_bp
 
     (x, y), (x_test, y_test) = data["train"], data["test"]
@@ -214,26 +216,26 @@ def _run_bp(name: str, cfg: ExperimentConfig, profile, data, on_epoch: Callable[
         net = BPNet(dims, seed=cfg.seed)
         history = train_bp(net, x, y, x_test, y_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
                            lr=cfg.bp_lr, seed=cfg.seed, on_epoch=on_epoch)
-        with measured(net) as inf:
-            acc = evaluate(net, x_test, y_test)["acc"]
+        acc = evaluate(net, x_test, y_test, count=False)["acc"]
+        inf_counts = net.inference_counts(len(x_test), batch_size=1000)  # what evaluate() ran
         extra = {"peak_memory_bytes": net.peak_memory(cfg.batch_size)}
         drift: dict[str, Any] = {}
     else:
         net = AnalogBPNet(dims, device=profile, seed=cfg.seed, engine=cfg.engine)
         history = train_analog_bp(net, x, y, x_test, y_test, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                   lr=cfg.analog_bp_lr, seed=cfg.seed, on_epoch=on_epoch, progress=True)
-        with measured(net) as inf:
-            acc = evaluate_analog(net, x_test, y_test)[0]["acc"]
+        ev, inf_counts = evaluate_analog(net, x_test, y_test)
+        acc = ev["acc"]
         extra = {}
         drift = _drift(net, lambda: evaluate_analog(net, x_test, y_test)[0]["acc"], cfg.drift_times)
-    extra.update({"test_accuracy": acc, "inference_counts": inf.counts, "history": history, "drift": drift})
+    extra.update({"test_accuracy": acc, "inference_counts": inf_counts, "history": history, "drift": drift})
     return net, extra
 
 
 def run_one(cfg: ExperimentConfig, resume: bool = False,
             _interrupt_after: tuple[str, int] | None = None) -> dict[str, Any]:
     """Train every method of ``cfg`` on one device profile; write results.json and metrics.csv."""
-    from .energy import EnergyModel, total_counts
+    from .energy import EnergyModel, OpCounts, total_counts
 
     profile = _profile(cfg)
     data = _data(cfg)
@@ -265,11 +267,15 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
             else:
                 net, extra = _run_bp(name, cfg, profile, data, on_epoch)
             model = analog_model if name.startswith("analog") else digital_model
-            train_counts = total_counts(net)
+            train_counts = total_counts(net)  # training only: evaluation went to net.eval_counters
             samples = n_train * cfg.epochs
             train = model.energy(train_counts).per_sample(samples)
             infer = model.energy(extra.pop("inference_counts")).per_sample(n_test)
             history = extra.pop("history")
+            eval_counts = getattr(net, "eval_counters", None) or OpCounts()
+            eval_samples = sum(int(h.get("eval_samples") or 0) for h in history)
+            evaluation = model.energy(eval_counts)  # priced as inference, with the same model
+            eval_ps = evaluation.per_sample(eval_samples) if eval_samples else None
             entry = {
                 "test_accuracy": float(extra.pop("test_accuracy")),
                 "train_energy_per_sample_J": train.total_J,
@@ -278,6 +284,11 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
                 "inference_energy_breakdown_J": infer.breakdown_J,
                 "counters": train_counts.as_dict(),
                 "samples_trained": samples,
+                "eval_counters": eval_counts.as_dict(),
+                "eval_samples": eval_samples,
+                "eval_energy_J": evaluation.total_J,
+                "eval_energy_per_sample_J": eval_ps.total_J if eval_ps else 0.0,
+                "eval_energy_breakdown_J": eval_ps.breakdown_J if eval_ps else {k: 0.0 for k in evaluation.breakdown_J},
                 "drift": extra.pop("drift"),
                 "wall_time_s": time.perf_counter() - t0,
                 **extra,

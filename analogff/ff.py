@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analogff.energy import OpCounts
+from analogff.energy import OpCounts, evaluation
 
 BYTES = 4  # a digital value in the periphery is float32
 
@@ -450,7 +450,8 @@ class FFNet(nn.Module):
             raise ValueError("dims needs an input size and at least one layer size")
         cfg = config if config is not None else FFConfig()
         self.config, self.dims, self.layer_kind = cfg, list(dims), layer
-        self.counters = OpCounts()
+        self.counters = OpCounts()  #: training work of the periphery / digital layers
+        self.eval_counters = OpCounts()  #: evaluation done by train_ff (test accuracy), all of it
         gen = torch.Generator().manual_seed(cfg.seed)
         layers = []
         for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
@@ -642,12 +643,10 @@ class FFNet(nn.Module):
 
     # -- counts and state -----------------------------------------------------------------------
     def total_counts(self) -> OpCounts:
-        """Periphery/digital counts of the net plus the analog counts of every crossbar."""
-        total = OpCounts() + self.counters
-        for layer in self.layers:
-            if isinstance(layer, AnalogLayer) and hasattr(layer.xbar, "counters"):
-                total += layer.xbar.counters
-        return total
+        """Training counts: the periphery/digital counts plus every crossbar's (not ``eval_counters``)."""
+        from analogff.energy import total_counts
+
+        return total_counts(self)
 
     @property
     def periphery_state_bytes(self) -> int:
@@ -773,6 +772,8 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
             _xbar_generator(net.layers[i]).set_state(state)
         net.counters.reset()
         net.counters += OpCounts(**ck["counters"])
+        net.eval_counters.reset()
+        net.eval_counters += OpCounts(**ck.get("eval_counters", {}))
         history, start_epoch = ck["history"], ck["epoch"] + 1
         wall_before = history[-1]["wall_time_s"] if history else 0.0
 
@@ -799,18 +800,22 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
 
         t1 = time.perf_counter()
         acc_g = acc_s = None
-        if test is not None:
+        eval_samples = 0
+        if test is not None:  # evaluation: counted into net.eval_counters, never as training
             x_test, y_test = (torch.as_tensor(t) for t in test)
-            if (epoch + 1) % max(1, eval_goodness_every) == 0 or epoch + 1 == epochs:
-                acc_g = net.accuracy(x_test.float(), y_test, "goodness", eval_batch_size)
-            if net.head is not None:
-                acc_s = net.accuracy(x_test.float(), y_test, "softmax", eval_batch_size)
+            with evaluation(net, net.eval_counters):
+                if (epoch + 1) % max(1, eval_goodness_every) == 0 or epoch + 1 == epochs:
+                    acc_g = net.accuracy(x_test.float(), y_test, "goodness", eval_batch_size)
+                    eval_samples += x_test.shape[0]
+                if net.head is not None:
+                    acc_s = net.accuracy(x_test.float(), y_test, "softmax", eval_batch_size)
+                    eval_samples += x_test.shape[0]
         eval_time = time.perf_counter() - t1
         prev_wall = history[-1]["wall_time_s"] if history else wall_before
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n_batches,
                    "head_loss": head_sum / n_batches if net.head is not None else None,
                    "test_acc_goodness": acc_g, "test_acc_softmax": acc_s,
-                   "train_time_s": train_time, "eval_time_s": eval_time,
+                   "eval_samples": eval_samples, "train_time_s": train_time, "eval_time_s": eval_time,
                    "wall_time_s": prev_wall + train_time + eval_time}
         history.append(metrics)
         if progress:
@@ -819,6 +824,7 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
             _save_atomic({"epoch": epoch, "epochs": epochs, "batch_size": batch_size, "seed": seed,
                           "net": net.state_dict(), "optim": net.optim_state(), "rng": gen.get_state(),
                           "xbar_rng": _rng_states(net), "counters": net.counters.as_dict(),
+                          "eval_counters": net.eval_counters.as_dict(),
                           "history": history, "config": asdict(cfg), "dims": net.dims,
                           "layer": net.layer_kind}, checkpoint)
         if on_epoch is not None:

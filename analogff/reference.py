@@ -295,9 +295,11 @@ def train_bp(net: BPNet, x_train: Any, y_train: Any, x_test: Any = None, y_test:
             "test_loss": None, "test_acc": None,
             "samples_seen": seen,
         }
+        metrics["eval_samples"] = 0
         if has_test:
-            ev = evaluate(net, x_test, y_test)
+            ev = evaluate(net, x_test, y_test)  # counts into net.eval_counters, never as training
             metrics["test_loss"], metrics["test_acc"] = ev["loss"], ev["acc"]
+            metrics["eval_samples"] = len(x_test)
         metrics["ops"] = net.counters.as_dict()
         metrics["eval_ops"] = net.eval_counters.as_dict()
         history.append(metrics)
@@ -335,11 +337,12 @@ class AnalogBPNet(nn.Module):
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(o), requires_grad=False) for o in self.dims[1:])
         self.periphery = OpCounts()
+        self.eval_counters = OpCounts()  #: evaluation during training (not in ``counters``)
         self.bytes_per_value = bytes_per_value
 
     @property
     def counters(self) -> OpCounts:
-        """The periphery's counts plus every crossbar's, summed fresh (a new object)."""
+        """Training counts: the periphery's plus every crossbar's, summed fresh (a new object)."""
         from analogff.energy import total_counts
 
         return total_counts(self)
@@ -434,9 +437,11 @@ def train_analog_bp(net: AnalogBPNet, x_train: Any, y_train: Any, x_test: Any = 
             seen += len(idx)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1),
                                    "train_acc": correct / max(len(xt), 1), "test_acc": None,
-                                   "samples_seen": seen}
+                                   "samples_seen": seen, "eval_samples": 0}
         if x_test is not None and y_test is not None:
-            metrics["test_acc"] = evaluate_analog(net, x_test, y_test)[0]["acc"]
+            ev, ev_counts = evaluate_analog(net, x_test, y_test)
+            net.eval_counters += ev_counts
+            metrics["test_acc"], metrics["eval_samples"] = ev["acc"], len(x_test)
         metrics["ops"] = net.counters.as_dict()
         history.append(metrics)
         if on_epoch is not None:

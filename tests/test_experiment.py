@@ -48,6 +48,15 @@ def test_results_schema_and_metrics(run_dir):
     assert set(ff["drift"]) == {"1", "86400", "unsupported"} and "3600" in ff["drift"]["unsupported"]
     assert 0 <= ff["drift"]["86400"] <= 1
     assert res["methods"]["digital_ff"]["counters"]["adc_conversions"] == 0
+    # training counts are training only; evaluation during training is counted and priced apart
+    from analogff.reference import BPNet
+
+    assert res["methods"]["digital_bp"]["counters"] == BPNet([784, 32, 10]).training_counts(500, 100).scaled(2).as_dict()
+    assert ff["counters"]["mvms"] == 3 * 500 * 2  # neutral + positive + negative pass, 1 layer, 2 epochs
+    for name, m in res["methods"].items():
+        assert m["eval_samples"] > 0 and m["eval_energy_per_sample_J"] > 0, name
+        assert m["eval_counters"]["digital_ops"] > 0 and m["eval_energy_J"] > 0
+    assert ff["eval_counters"]["mvms"] == 2 * (10 * 200 + 200) and ff["eval_samples"] == 2 * 2 * 200
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 4 * 2 and {r["method"] for r in rows} == set(res["methods"])
 

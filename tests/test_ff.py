@@ -272,6 +272,41 @@ def test_checkpoint_roundtrip_and_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(fresh.goodness_per_label(x), resumed.goodness_per_label(x))
 
 
+@pytest.mark.parametrize("kind", ["digital", "analog"])
+def test_training_counts_exclude_evaluation(kind):
+    """train_ff's per-epoch test evaluation goes to net.eval_counters: the training counts (net's and
+    the crossbars') are the same with or without a test set."""
+    data = tiny_data()
+    def make():
+        if kind == "digital":
+            return tiny_net()
+        return FFNet([784, 32, 32], layer="analog", crossbar_factory=FakeCrossbar,
+                     config=FFConfig(lr=2e-3, head_lr=1e-2, cooldown=0.0))
+    with_test, without = make(), make()
+    hist = train_ff(with_test, data, epochs=2, batch_size=50, seed=0, progress=False)
+    train_ff(without, {"train": data["train"], "test": None}, epochs=2, batch_size=50, seed=0, progress=False)
+    assert with_test.total_counts() == without.total_counts()
+    assert without.eval_counters == OpCounts()
+    assert with_test.eval_counters.digital_ops > 0 and hist[0]["eval_samples"] == 2 * 200
+    if kind == "analog":  # the crossbars' MVMs of evaluation are evaluation too
+        assert with_test.eval_counters.mvms == 2 * (10 * 200 + 200) * 2  # 2 epochs x (goodness + head) x 2 layers
+
+
+def test_resume_keeps_evaluation_counts_apart(tmp_path):
+    data = tiny_data()
+    ref = tiny_net()
+    train_ff(ref, data, epochs=2, batch_size=50, seed=0, progress=False)
+    ck = tmp_path / "ff.pt"
+    def stop(m):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ff(tiny_net(), data, epochs=2, batch_size=50, seed=0, progress=False, checkpoint=ck, on_epoch=stop)
+    resumed = tiny_net()
+    train_ff(resumed, data, epochs=2, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
+    assert resumed.counters == ref.counters and resumed.eval_counters == ref.eval_counters
+
+
 def test_resume_with_other_settings_refuses(tmp_path):
     ck = tmp_path / "ff.pt"
     train_ff(tiny_net(), tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck)

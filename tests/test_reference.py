@@ -65,6 +65,19 @@ def test_counters_accumulate_during_training_and_evaluation():
     assert net.eval_counters == net.inference_counts(30).scaled(2)
 
 
+def test_training_counts_of_bp_exclude_evaluation():
+    """BPNet.eval_counters holds the per-epoch evaluation; energy.total_counts (the training bill
+    that experiment.run_one prices) does not include it."""
+    from analogff.energy import total_counts
+
+    x, y = synthetic(n=100, d=6, classes=3)
+    net = BPNet([6, 5, 3], seed=1)
+    hist = train_bp(net, x, y, x[:30], y[:30], epochs=2, batch_size=32, lr=1e-2, seed=0)
+    assert total_counts(net) == net.training_counts(100, 32).scaled(2)
+    assert net.eval_counters == net.inference_counts(30).scaled(2)
+    assert [h["eval_samples"] for h in hist] == [30, 30]
+
+
 def test_memory_model_and_peak_memory():
     small = BPNet([6, 5, 3], seed=0)  # fits in 1 MiB: all traffic on chip
     pm = small.peak_memory(batch_size=8)
