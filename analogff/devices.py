@@ -256,17 +256,56 @@ def _coerce(current: Any, value: Any, path: str, source: str | None) -> Any:
     raise DeviceProfileError(source, where, f"cannot override a field of type {type(current).__name__}")
 
 
+#: The profiles shipped with the package: the same files as ``devices/`` of a checkout
+#: (``analogff/profiles`` is a link to it there; a wheel carries copies as package data).
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Name -> file of every profile shipped with the package, sorted by name."""
+    return {p.stem: p for p in sorted(PROFILE_DIR.glob("*.toml"))}
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(".toml") or "/" in spec or "\\" in spec or spec.startswith(".")
+
+
+def resolve_device(spec: str | Path) -> Path:
+    """A profile name (``"pcm"``: the shipped ``devices/pcm.toml``) or a path to a TOML file -> the file.
+
+    A relative path ``devices/NAME.toml`` that does not exist here (outside a checkout) falls back to
+    the shipped profile NAME. Anything else that does not resolve raises one :class:`DeviceProfileError`
+    listing the shipped names."""
+    shipped = shipped_profiles()
+    names = ", ".join(shipped) or "(none found)"
+    if isinstance(spec, Path) or _looks_like_path(str(spec)):
+        path = Path(spec)
+        if path.is_file():
+            return path
+        if not path.is_absolute() and path.parent == Path("devices") and path.stem in shipped:
+            return shipped[path.stem]
+        raise DeviceProfileError(str(spec), "(file)", f"no such file; shipped profiles: {names} "
+                                 "(by name), or a path to your own .toml file")
+    if spec in shipped:
+        return shipped[spec]
+    raise DeviceProfileError(repr(spec), "(name)", f"unknown profile name; shipped profiles: {names}, "
+                             "or a path to your own .toml file")
+
+
 def load_device(path: str | Path) -> DeviceProfile:
-    """Read and validate a device profile TOML file (see the module docstring for the format)."""
-    path = Path(path)
+    """Read and validate a device profile: a shipped profile's name (``"pcm"``) or a TOML file's path
+    (see the module docstring for the format). The profile's ``name`` must match its file name."""
+    path = resolve_device(path)
     src = str(path)
-    if not path.is_file():
-        raise DeviceProfileError(src, "(file)", "no such file; profiles live in devices/*.toml")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DeviceProfileError(src, "(syntax)", f"not valid TOML: {exc}") from None
-    return profile_from_dict(data, source=src)
+    profile = profile_from_dict(data, source=src)
+    if profile.name != path.stem:
+        raise DeviceProfileError(src, "name", f"{profile.name!r} must match the file name {path.stem!r} "
+                                 f"(rename the file or set name = \"{path.stem}\")")
+    return profile
 
 
 def profile_from_dict(data: dict[str, Any], source: str | None = None) -> DeviceProfile:

@@ -26,13 +26,13 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .ff import ANALOG_UPDATES
+from .ff import ANALOG_UPDATES, FFConfig
 
 METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp")
 DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
@@ -62,15 +62,16 @@ def keep_freed_memory() -> bool:
 class ExperimentConfig:
     """Everything a run depends on (written into results.json so the run can be repeated)."""
 
-    device: str = DEFAULT_DEVICE  #: device profile TOML for the analog methods
-    dataset: str = "mnist"
-    epochs: int = 3
-    batch_size: int = 100
-    hidden: list[int] = field(default_factory=lambda: [500, 500])
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    seed: int = 0
-    out: str = "runs/latest"
-    drift_times: list[float] = field(default_factory=lambda: [1.0, 3600.0, 86400.0, 31536000.0])
+    device: str = DEFAULT_DEVICE  #: device profile of the analog methods: a shipped name (pcm, ...) or a TOML path
+    dataset: str = "mnist"  #: training and test data
+    epochs: int = 3  #: training epochs of every method
+    batch_size: int = 100  #: mini-batch size of every method
+    hidden: list[int] = field(default_factory=lambda: [500, 500])  #: hidden layer sizes (the input is 784)
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  #: methods to train, in order
+    seed: int = 0  #: seed of weights, batch order, negatives and the torch engine's crossbars
+    out: str = "runs/latest"  #: output directory (results.json, metrics.csv, state/)
+    drift_times: list[float] = field(default_factory=lambda: [1.0, 3600.0, 86400.0, 31536000.0])  #: seconds
+    #: after programming at which the trained analog nets are evaluated (empty: no drift)
     engine: str = "torch"  #: crossbar engine: "torch" (fast, seeded) or "aihwkit" (reference)
     adc_bits: int | None = None  #: override the profile's ADC resolution (forward and backward)
     ff_lr_digital: float = 1e-3  #: Adam learning rate of digital FF
@@ -81,6 +82,14 @@ class ExperimentConfig:
     predict: str = "goodness"  #: FF prediction for test accuracy and inference energy: goodness | softmax
     train_limit: int | None = None  #: use the first N training samples (smoke tests)
     test_limit: int | None = None  #: use the first N test samples (smoke tests)
+    ff: FFConfig = field(default_factory=FFConfig)  #: Forward-Forward options (analogff.ff.FFConfig);
+    #: its seed, engine and analog_update are those above, lr is ff_lr_analog / ff_lr_digital per method
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ff, dict):  # read back from results.json
+            self.ff = FFConfig(**self.ff)
+        self.ff = replace(self.ff, seed=self.seed, engine=self.engine, analog_update=self.analog_update,
+                          lr=self.ff_lr_analog)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +194,8 @@ def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume:
     from .ff import FFConfig, FFNet, train_ff
 
     analog = name == "analog_ff"
-    ffcfg = FFConfig(lr=cfg.ff_lr_analog if analog else cfg.ff_lr_digital, seed=cfg.seed,
-                     engine=cfg.engine, analog_update=cfg.analog_update)
+    ffcfg = replace(cfg.ff, lr=cfg.ff_lr_analog if analog else cfg.ff_lr_digital, seed=cfg.seed,
+                    engine=cfg.engine, analog_update=cfg.analog_update)
     dims = [data["train"][0].shape[1], *cfg.hidden]
     net = FFNet(dims, layer="analog" if analog else "digital", device=profile if analog else None, config=ffcfg)
     history = train_ff(net, data, ffcfg, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -114,8 +114,47 @@ def test_malformed_toml_and_missing_file(tmp_path):
 
 
 def test_toml_round_trip(tmp_path):
-    dev = load_device(write(tmp_path, toml_of(VALID)))
+    path = tmp_path / f"{VALID['name']}.toml"  # the profile's name is its file name
+    path.write_text(toml_of(VALID))
+    dev = load_device(path)
     assert dev.physics == PhysicalParams(**VALID["physics"])
+
+
+def test_name_must_match_file_name(tmp_path):
+    path = tmp_path / "other.toml"
+    path.write_text(toml_of(VALID))
+    with pytest.raises(DeviceProfileError) as err:
+        load_device(path)
+    msg = str(err.value)
+    assert "other.toml" in msg and "'name'" in msg and "must match the file name" in msg
+    assert len(msg.splitlines()) == 1
+
+
+def test_profiles_by_name_and_shipped_copy():
+    from analogff.devices import resolve_device, shipped_profiles
+
+    shipped = shipped_profiles()
+    assert set(shipped) == {p.stem for p in PROFILES}  # the package carries devices/
+    for name, path in shipped.items():
+        assert path.read_bytes() == (DEVICES / f"{name}.toml").read_bytes()
+    assert load_device("pcm").name == "pcm" and load_device("pcm").preset == load_device(DEVICES / "pcm.toml").preset
+    assert resolve_device(DEVICES / "ecram.toml") == DEVICES / "ecram.toml"  # a path still works
+
+
+def test_profile_lookup_outside_checkout(tmp_path, monkeypatch):
+    from analogff.devices import resolve_device, shipped_profiles
+
+    monkeypatch.chdir(tmp_path)  # no devices/ here: the old default path falls back to the shipped file
+    assert resolve_device("devices/ecram.toml") == shipped_profiles()["ecram"]
+
+
+@pytest.mark.parametrize("spec, words", [("pcmm", "unknown profile name"), ("devices/nope.toml", "no such file"),
+                                         ("/nowhere/x.toml", "no such file")])
+def test_unknown_profile_name_lists_shipped(spec, words):
+    with pytest.raises(DeviceProfileError) as err:
+        load_device(spec)
+    msg = str(err.value)
+    assert words in msg and "reram_sb" in msg and "ecram_mo" in msg and len(msg.splitlines()) == 1
 
 
 numbers = st.one_of(

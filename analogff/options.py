@@ -1,0 +1,361 @@
+"""The config tree: every option of a run, by key, derived from the config dataclasses.
+
+``ExperimentConfig`` (analogff/experiment.py) holds the run; its ``ff`` field nests ``FFConfig``
+(analogff/ff.py). Every dataclass field is an option, keyed ``epochs``, ``ff_lr_analog``,
+``ff.loss``, ...; its type, default and help (the field's ``#:`` comment) come from the dataclass,
+so a new field is a new flag of ``analogff run``, a new sweep axis and a new column of
+results.json's config without further code. Four FF fields are set per method from experiment
+fields and are not options of their own: ``lr`` (``ff_lr_analog`` / ``ff_lr_digital``; the key
+``ff.lr`` sets both), ``seed``, ``engine`` and ``analog_update``.
+
+    opts = options()                       # key -> Option
+    cfg = make_config({"epochs": 1, "ff.loss": "hinton"})   # validated ExperimentConfig
+    argv = config_argv(cfg)                # the flags that rebuild cfg: ["--epochs", "1", ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+#: FFConfig fields taken from experiment fields (the FF key -> the experiment keys it sets)
+FF_FROM_EXPERIMENT = {"lr": ("ff_lr_analog", "ff_lr_digital"), "seed": ("seed",), "engine": ("engine",),
+                      "analog_update": ("analog_update",)}
+#: counts that must be >= 1 (a list: each element)
+POSITIVE = {"epochs", "batch_size", "hidden", "train_limit", "test_limit", "adc_bits", "threads"}
+#: known choices of experiment fields (FFConfig validates its own in __post_init__)
+_NONE_WORDS = {"none", "null", ""}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+class OptionError(ValueError):
+    """A bad option name or value; the message is one line naming it and what is allowed."""
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from . import experiment
+    from .ff import ANALOG_UPDATES
+
+    return {"dataset": tuple(experiment.DATASETS), "engine": ("torch", "aihwkit"),
+            "analog_update": tuple(ANALOG_UPDATES), "predict": ("goodness", "softmax"),
+            "methods": tuple(experiment.METHODS)}
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  #: "epochs", "ff.loss"
+    field: str  #: the dataclass field name
+    owner: type  #: ExperimentConfig or FFConfig
+    type: Any  #: the resolved type hint
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    # -- type structure -------------------------------------------------------------------------
+    @property
+    def optional(self) -> bool:
+        return type(None) in typing.get_args(self.type) and _is_union(self.type)
+
+    @property
+    def base(self) -> Any:
+        """The type without ``| None``."""
+        if _is_union(self.type):
+            args = [a for a in typing.get_args(self.type) if a is not type(None)]
+            return args[0] if len(args) == 1 else self.type
+        return self.type
+
+    @property
+    def is_list(self) -> bool:
+        return typing.get_origin(self.base) in (list, tuple)
+
+    @property
+    def element(self) -> Any:
+        args = typing.get_args(self.base)
+        return args[0] if args else str
+
+    @property
+    def flags(self) -> list[str]:
+        """``--batch-size``; a nested key has two spellings: ``--ff.loss`` and ``--ff-loss``."""
+        dashed = self.key.replace("_", "-")
+        return [f"--{dashed}"] if "." not in dashed else [f"--{dashed}", f"--{dashed.replace('.', '-')}"]
+
+    @property
+    def metavar(self) -> str:
+        if self.choices:
+            return "{" + ",".join(self.choices) + "}"
+        names = {int: "N", float: "X", str: "TEXT", bool: "BOOL"}
+        if self.is_list:
+            return f"{names.get(self.element, 'V')},..."
+        return names.get(self.base, "V")
+
+    # -- values ---------------------------------------------------------------------------------
+    def parse(self, text: str) -> Any:
+        """A value from command-line text (lists: comma-separated; ``none`` for an optional field)."""
+        text = text.strip()
+        if self.optional and text.lower() in _NONE_WORDS and not self.is_list:
+            return None
+        if self.is_list:
+            items = [t.strip() for t in text.split(",") if t.strip()]
+            return self.check([self._scalar(t, self.element) for t in items])
+        return self.check(self._scalar(text, self.base))
+
+    def _scalar(self, text: str, kind: Any) -> Any:
+        try:
+            if kind is bool:
+                return _BOOL_WORDS[text.lower()]
+            if kind is int:
+                return int(text)
+            if kind is float:
+                value = float(text)
+                return value
+            return text
+        except (KeyError, ValueError):
+            what = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a value")
+            raise OptionError(f"{self.key}: expected {what}, got {text!r}") from None
+
+    def check(self, value: Any) -> Any:
+        """Check the type of a value (from the command line, a grid file or a recipe); returns it,
+        lists normalised (a tuple field gets a tuple)."""
+        if value is None:
+            if self.optional:
+                return None
+            raise OptionError(f"{self.key}: may not be none")
+        if self.is_list:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                value = [value]
+            out = [self._check_scalar(v, self.element) for v in value]
+            if typing.get_origin(self.base) is tuple:
+                n = len(typing.get_args(self.base))
+                if len(out) != n:
+                    raise OptionError(f"{self.key}: expected {n} values, got {len(out)}")
+                return tuple(out)
+            if not out and self.key in ("hidden", "methods"):
+                raise OptionError(f"{self.key}: needs at least one value")
+            return out
+        return self._check_scalar(value, self.base)
+
+    def _check_scalar(self, value: Any, kind: Any) -> Any:
+        bad = OptionError(f"{self.key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise bad
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad
+            value = float(value)
+            if not math.isfinite(value):
+                raise OptionError(f"{self.key}: must be a finite number, got {value!r}")
+        elif kind is str:
+            if not isinstance(value, str):
+                raise bad
+        if self.choices and value not in self.choices:
+            raise OptionError(f"{self.key}: unknown value {value!r}; choose from {', '.join(self.choices)}")
+        if self.field in POSITIVE and isinstance(value, int) and value < 1:
+            raise OptionError(f"{self.key}: must be a positive integer, got {value!r}")
+        if self.key == "drift_times" and value < 0:
+            raise OptionError(f"{self.key}: drift times must be >= 0 s, got {value!r}")
+        return value
+
+    def format(self, value: Any) -> list[str]:
+        """Command-line tokens for a value (the inverse of :meth:`parse`)."""
+        if value is None:
+            return ["none"]
+        if isinstance(value, (list, tuple)):
+            return [",".join(_fmt(v) for v in value)]
+        return [_fmt(value)]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _is_union(t: Any) -> bool:
+    return typing.get_origin(t) in (typing.Union, types.UnionType)
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``#:`` comments of a dataclass's fields (continued on following ``#:`` lines)."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    current = None
+    for line in lines:
+        m = re.match(r"\s+(\w+)\s*:[^#]*(?:#:\s*(.*))?$", line)
+        cont = re.match(r"\s+#:\s*(.*)$", line)
+        if cont and current is not None:
+            docs[current] = (docs.get(current, "") + " " + cont.group(1)).strip()
+        elif m and not line.strip().startswith(("def ", "return", "@")):
+            current = m.group(1)
+            if m.group(2):
+                docs[current] = m.group(2).strip()
+        elif line.strip().startswith("def "):
+            break
+    return docs
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _options() -> dict[str, Option]:
+    from .experiment import ExperimentConfig
+    from .ff import FFConfig
+
+    choices = _choices()
+    out: dict[str, Option] = {}
+    hints = typing.get_type_hints(ExperimentConfig)
+    docs = field_docs(ExperimentConfig)
+    for f in dataclasses.fields(ExperimentConfig):
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue  # the nested FF config, below
+        out[f.name] = Option(f.name, f.name, ExperimentConfig, hints[f.name], _default(f),
+                             docs.get(f.name, ""), choices.get(f.name))
+    if nested_ff():
+        ff_hints = typing.get_type_hints(FFConfig)
+        ff_docs = field_docs(FFConfig)
+        for f in dataclasses.fields(FFConfig):
+            if f.name in FF_FROM_EXPERIMENT and f.name != "lr":
+                continue
+            doc = ff_docs.get(f.name, "")
+            if f.name == "lr":
+                doc = "learning rate of both FF methods: sets ff_lr_analog and ff_lr_digital"
+            out[f"ff.{f.name}"] = Option(f"ff.{f.name}", f.name, FFConfig, ff_hints[f.name], _default(f), doc)
+    return out
+
+
+def options() -> dict[str, Option]:
+    """Every option, by key, in dataclass order (ExperimentConfig, then ``ff.*``)."""
+    return dict(_options())
+
+
+def nested_ff() -> bool:
+    """Whether ExperimentConfig nests FFConfig (its ``ff`` field)."""
+    from .experiment import ExperimentConfig
+
+    return "ff" in {f.name for f in dataclasses.fields(ExperimentConfig)}
+
+
+def resolve_key(name: str) -> str:
+    """An option key from any spelling: ``batch_size``, ``batch-size``, ``--batch-size``, ``ff.loss``,
+    ``ff-loss``. Unknown: one-line :class:`OptionError` listing the keys."""
+    opts = _options()
+    raw = name.strip().lstrip("-")
+    key = raw.replace("-", "_")
+    if key in opts:
+        return key
+    if key.startswith("ff_") and f"ff.{key[3:]}" in opts:
+        return f"ff.{key[3:]}"
+    if key.startswith("ff.") and key in opts:
+        return key
+    raise OptionError(f"unknown option {name!r}; allowed: {', '.join(opts)}")
+
+
+def make_config(values: dict[str, Any]):
+    """A validated ExperimentConfig from option values (keys of :func:`options`, any spelling;
+    missing keys keep their defaults). Raises one-line :class:`OptionError` on a bad key, value or
+    combination (FFConfig's own checks and ExperimentConfig.validate() where it exists)."""
+    from .experiment import ExperimentConfig
+    from .ff import FFConfig
+
+    opts = _options()
+    top: dict[str, Any] = {}
+    ff: dict[str, Any] = {}
+    both_lr = None
+    for name, value in values.items():
+        key = resolve_key(name)
+        value = opts[key].check(value)
+        if key == "ff.lr":
+            both_lr = value
+        elif key.startswith("ff."):
+            ff[key[3:]] = value
+        else:
+            top[key] = value
+    if both_lr is not None:  # explicit per-method rates win over ff.lr
+        for k in FF_FROM_EXPERIMENT["lr"]:
+            top.setdefault(k, both_lr)
+    try:
+        if nested_ff():
+            base = ExperimentConfig(**top)
+            ffcfg = FFConfig(**{**dataclasses.asdict(base.ff), **ff, "seed": base.seed, "engine": base.engine,
+                                "analog_update": base.analog_update, "lr": base.ff_lr_analog})
+            cfg = dataclasses.replace(base, ff=ffcfg)
+        else:
+            cfg = ExperimentConfig(**top)
+            FFConfig(seed=cfg.seed, engine=cfg.engine, analog_update=cfg.analog_update)
+        validate = getattr(cfg, "validate", None)
+        if callable(validate):
+            validate()
+    except OptionError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise OptionError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    return cfg
+
+
+def config_values(cfg) -> dict[str, Any]:
+    """Option key -> value of a config (the inverse of :func:`make_config`)."""
+    d = config_dict(cfg)
+    out: dict[str, Any] = {}
+    for key, opt in _options().items():
+        if key == "ff.lr":
+            continue
+        src = d.get("ff", {}) if key.startswith("ff.") else d
+        if opt.field in src:
+            out[key] = src[opt.field]
+    return out
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    """The config as results.json holds it (JSON types; tuples as lists)."""
+    if isinstance(cfg, dict):
+        return json.loads(json.dumps(cfg))
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(d: dict[str, Any]):
+    """An ExperimentConfig from results.json's config dict (unknown keys: OptionError)."""
+    values = {k: v for k, v in config_dict(d).items() if k != "ff"}
+    for k, v in (d.get("ff") or {}).items():
+        if k not in FF_FROM_EXPERIMENT:
+            values[f"ff.{k}"] = v
+    return make_config(values)
+
+
+def config_argv(cfg, skip: tuple[str, ...] = ()) -> list[str]:
+    """The flags of ``analogff run`` that rebuild ``cfg`` from the defaults (only those that differ)."""
+    defaults = config_values(make_config({}))
+    argv: list[str] = []
+    for key, value in config_values(cfg).items():
+        if key in skip or _same(value, defaults.get(key)):
+            continue
+        opt = _options()[key]
+        if opt.base is bool and not opt.optional:
+            argv.append(opt.flags[0] if value else "--no-" + opt.flags[0][2:])
+        else:
+            argv += [opt.flags[0], *opt.format(value)]
+    return argv
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a) == json.dumps(b)
