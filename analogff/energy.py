@@ -109,7 +109,9 @@ class OpCounts:
     update_pulses: int = 0  #: programming pulses delivered to devices
     updates: int = 0  #: rank-one updates applied to an array (one per sample of a mini-batch)
     digital_macs: int = 0  #: digital multiply-accumulates
-    digital_ops: int = 0  #: other digital element-wise operations (add, compare, nonlinearity)
+    digital_ops: int = 0  #: other digital element-wise operations: adds, subtractions, compares
+    digital_mults: int = 0  #: digital element-wise multiplies (not part of a MAC)
+    digital_special_ops: int = 0  #: digital divides, square roots, exponentials, logarithms
     sram_bytes: int = 0  #: bytes moved to or from on-chip SRAM
     dram_bytes: int = 0  #: bytes moved to or from off-chip DRAM
 
@@ -524,7 +526,7 @@ class EnergyModel:
             "array_read": c.t_read_s * counts.read_v2g_W,
             "programming": counts.update_pulses * c.pulse_energy_J,
             "digital_mac": counts.digital_macs * self.mac_J,
-            "digital_ops": counts.digital_ops * self.op_J,
+            "digital_ops": counts.digital_ops * self.op_J + (counts.digital_mults + counts.digital_special_ops) * self.op_J,
             "sram": counts.sram_bytes * c.sram_J_per_byte,
             "dram": counts.dram_bytes * c.dram_J_per_byte,
         }

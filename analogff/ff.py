@@ -28,9 +28,12 @@ below). It sends an error through W^T, i.e. a transposed MVM on an analog array,
 what FF is meant to avoid here.
 
 Operation counts: the net counts its digital work into ``net.counters`` (an
-:class:`analogff.energy.OpCounts`): MACs of digital layers, the periphery (ReLU, goodness,
-normalisation, local error, softmax head, optimiser state traffic). An analog layer's crossbar
-counts its own analog operations in ``xbar.counters``; ``net.total_counts()`` adds them up.
+:class:`analogff.energy.OpCounts`) with the primitive costs of :mod:`analogff.accounting`, one call
+beside each piece of work (``c += cost.relu(n)``): MACs of digital layers, the periphery (ReLU,
+goodness, normalisation, local error, softmax head, optimiser state traffic by the one residency
+rule). An analog layer's crossbar counts its own analog operations in ``xbar.counters``;
+``net.total_counts()`` adds them up (training only; ``train_ff``'s evaluation goes to
+``net.eval_counters``). ``accounting.ff_step_counts`` gives the same counts of a step analytically.
 """
 
 from __future__ import annotations
@@ -45,9 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analogff import accounting as cost
 from analogff.energy import OpCounts, evaluation
-
-BYTES = 4  # a digital value in the periphery is float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,19 +210,6 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, si
 # ---------------------------------------------------------------------------------------------
 # 4. Layers
 # ---------------------------------------------------------------------------------------------
-# Digital cost of an optimiser step, per parameter: (element-wise ops, SRAM bytes moved).
-# Bytes: the gradient written and read, the weight read and written, each state read and written.
-OPTIM_COST = {"sgd": (2, 4 * BYTES), "momentum": (4, 6 * BYTES), "adam": (10, 8 * BYTES)}
-
-
-def _count_state_traffic(counters: OpCounts, nbytes: int, in_dram: bool) -> None:
-    """Weights / optimiser state moved: DRAM when the net's state does not fit the SRAM, else SRAM."""
-    if in_dram:
-        counters.dram_bytes += nbytes
-    else:
-        counters.sram_bytes += nbytes
-
-
 def adam_direction(m: torch.Tensor, v: torch.Tensor, t: int, g: torch.Tensor,
                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
     """Adam's step direction for gradient g at step t (1-based), updating m and v in place:
@@ -261,19 +250,12 @@ class DigitalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, (n_out, n_in) = x.shape[0], self.linear.weight.shape
-        c = self.counters
-        c.digital_macs += b * n_in * n_out
-        c.digital_ops += b * n_out if self.linear.bias is not None else 0
-        c.sram_bytes += BYTES * b * (n_in + n_out)  # activations
-        self._count_state(BYTES * self.n_params)  # weights read once per mini-batch
+        self.counters += cost.linear_forward(b, n_in, n_out, self.linear.bias is not None, self.state_in_dram)
         return self.linear(x)
 
-    #: set by FFNet: True when the net's weights + optimiser state exceed the on-chip SRAM
-    #: (the same rule and capacity as the backprop reference, analogff.reference)
+    #: set by FFNet: True when the net's resident state exceeds the on-chip SRAM
+    #: (analogff.accounting.state_in_dram, the rule of every method)
     state_in_dram: bool = False
-
-    def _count_state(self, nbytes: int) -> None:
-        _count_state_traffic(self.counters, nbytes, self.state_in_dram)
 
     def apply_update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """W <- optimiser step with gradient d^T x (and bias gradient sum_b d)."""
@@ -286,12 +268,8 @@ class DigitalLayer(nn.Module):
         self.opt.step()
         for p in self.linear.parameters():
             p.grad = None
-        ops, nbytes = OPTIM_COST[self.optimizer_name]
-        c = self.counters
-        c.digital_macs += b * n_in * n_out + b * n_out
-        c.digital_ops += ops * self.n_params
-        c.sram_bytes += BYTES * b * (n_in + n_out)
-        self._count_state(nbytes * self.n_params)  # weights, gradient and optimiser state traffic
+        self.counters += cost.digital_update(b, n_in, n_out, self.optimizer_name, self.linear.bias is not None,
+                                             self.state_in_dram)
 
     def optim_state(self) -> dict:
         return self.opt.state_dict()
@@ -302,8 +280,12 @@ class DigitalLayer(nn.Module):
     @property
     def periphery_state_bytes(self) -> int:
         """Optimiser state besides the weights (Adam: m and v; momentum: one buffer)."""
-        per = {"adam": 2, "momentum": 1, "sgd": 0}[self.optimizer_name]
-        return per * BYTES * self.n_params
+        return cost.optimizer(self.optimizer_name).state_per_param * cost.BYTES_PER_VALUE * self.n_params
+
+    @property
+    def resident_bytes(self) -> int:
+        """Weights, gradients and optimiser state kept between steps (the residency rule's input)."""
+        return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
 
 
 ANALOG_UPDATES = ("sgd", "normalized", "momentum", "adam")
@@ -367,7 +349,7 @@ class AnalogLayer(nn.Module):
         return torch.cat([x, torch.ones_like(x[:, :1])], 1) if self.bias else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.counters.sram_bytes += BYTES * x.shape[0] * (self.n_in + self.n_out)  # activations
+        self.counters += cost.analog_periphery_io(x.shape[0], self.n_in, self.n_out)  # activations
         y = self.xbar.forward(self._rows(x))
         return y / self.input_gain if self.input_gain != 1.0 else y
 
@@ -377,50 +359,47 @@ class AnalogLayer(nn.Module):
         if self.input_gain != 1.0:
             d = d / self.input_gain  # (d / gain)^T (gain x) = d^T x
         b, n_in, n_out = x.shape[0], x.shape[1], d.shape[1]
-        c = self.counters
-        c.sram_bytes += BYTES * b * (n_in + n_out)  # x and d streamed to the array drivers
+        gram = self.norm_stat == "rms" and b * (n_in + n_out) < n_in * n_out
+        # the periphery's work for this rule: x, d to the drivers; d^T x, optimiser state (m, v)
+        self.counters += cost.analog_update(self.update, b, n_in, n_out, self.state_in_dram, gram=gram)
         if self.update == "sgd":
             self.xbar.update(x, d, lr)
             return
         if self.update == "normalized":
-            if self.norm_stat == "rms" and b * (n_in + n_out) < n_in * n_out:
+            if gram:
                 sq = ((d @ d.t()) * (x @ x.t())).sum()  # ||d^T x||_F^2 without forming d^T x
-                c.digital_macs += b * b * (n_in + n_out) + b * b
                 stat = (sq.clamp_min(0.0) / (n_in * n_out)).sqrt()
             else:
                 g = d.t() @ x
-                c.digital_macs += b * n_in * n_out
                 stat = g.abs().max() if self.norm_stat == "maxabs" else g.pow(2).mean().sqrt()
-            c.digital_ops += b * n_out + 2
             self.xbar.update(x, d / (stat + self.eps), lr)
             return
         g = d.t() @ x  # momentum / adam: the periphery needs the full update matrix
-        c.digital_macs += b * n_in * n_out
         if self.update == "momentum":
             self.m.mul_(self.momentum).add_(g)
             u = self.m
-            c.digital_ops += 2 * g.numel()
-            self._count_state(2 * BYTES * g.numel())  # M read and written
         else:
             self.step += 1
             u = adam_direction(self.m, self.v, int(self.step), g, self.betas, self.eps)
-            c.digital_ops += 10 * g.numel()
-            self._count_state(4 * BYTES * g.numel())  # m and v read and written
         # Row-by-row transfer: row i driven alone with the column errors U[:, i] applies U.
         self.xbar.update_rows(u, lr)
 
-    #: set by FFNet: True when the periphery state of all layers (m, v) exceeds the on-chip SRAM
-    #: (the rule and capacity of the digital layers and the backprop reference)
+    #: set by FFNet: True when the net's resident state (the periphery's m, v and the head)
+    #: exceeds the on-chip SRAM (analogff.accounting.state_in_dram, the rule of every method)
     state_in_dram: bool = False
-
-    def _count_state(self, nbytes: int) -> None:
-        _count_state_traffic(self.counters, nbytes, self.state_in_dram)
 
     @property
     def periphery_state_bytes(self) -> int:
         """Digital state the periphery keeps between updates for this layer, in bytes."""
         n = self.n_out * (self.n_in + int(self.bias))
-        return {"sgd": 0, "normalized": 0, "momentum": BYTES * n, "adam": 2 * BYTES * n + 8}[self.update]
+        if self.update in ("sgd", "normalized"):
+            return 0
+        state = cost.optimizer(self.update).state_per_param * cost.BYTES_PER_VALUE * n
+        return state + (8 if self.update == "adam" else 0)  # Adam's step counter
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.periphery_state_bytes
 
     def optim_state(self) -> dict:
         return {}  # the periphery state lives in buffers (m, v, step): part of state_dict
@@ -468,25 +447,18 @@ class FFNet(nn.Module):
                                           crossbar=None if crossbar_factory is None else
                                           crossbar_factory(n_in + int(cfg.analog_bias), n_out, cfg.seed * 1000 + i)))
         self.layers = nn.ModuleList(layers)
-        if layer == "digital":  # same memory rule as the backprop reference: does the state fit on chip?
-            from analogff.reference import DEFAULT_SRAM_CAPACITY_BYTES, OPTIMIZER_STATE_PER_PARAM
-
-            per_param = 2 + OPTIMIZER_STATE_PER_PARAM.get({"momentum": "sgd_momentum"}.get(cfg.optimizer, cfg.optimizer), 0)
-            resident = BYTES * per_param * sum(lay.n_params for lay in layers)  # weights, grads, state
-            for lay in layers:
-                lay.state_in_dram = resident > DEFAULT_SRAM_CAPACITY_BYTES
-        else:  # the weights live on the arrays; the periphery's optimiser state (m, v) needs memory
-            from analogff.reference import DEFAULT_SRAM_CAPACITY_BYTES
-
-            resident = sum(lay.periphery_state_bytes for lay in layers)
-            for lay in layers:
-                lay.state_in_dram = resident > DEFAULT_SRAM_CAPACITY_BYTES
         for i, n in enumerate(dims[1:]):  # batch-norm statistics (used only when norm="batch")
             self.register_buffer(f"bn_mean{i}", torch.zeros(n))
             self.register_buffer(f"bn_var{i}", torch.ones(n))
         n_head_in = sum(dims[1 + self.head_from:])
         self.head = (DigitalLayer(n_head_in, cfg.num_classes, lr=cfg.head_lr, optimizer="adam",
                                   generator=gen, counters=self.counters) if cfg.head else None)
+        # One residency rule for every method: the resident state (digital layers' weights, gradients
+        # and optimiser state, the analog periphery's m and v, the head's) in SRAM if it fits, else DRAM.
+        stateful = [*layers, *([self.head] if self.head is not None else [])]
+        self.resident_bytes = sum(lay.resident_bytes for lay in stateful)
+        for lay in stateful:
+            lay.state_in_dram = cost.state_in_dram(self.resident_bytes)
 
     # -- which layers feed prediction -----------------------------------------------------------
     @property
@@ -500,25 +472,22 @@ class FFNet(nn.Module):
     # -- one layer's nonlinearity and the normalisation between layers --------------------------
     def normalize(self, i: int, h: torch.Tensor, update_stats: bool = False) -> torch.Tensor:
         """Activities h of layer i as the next layer sees them (only their orientation/pattern)."""
-        c, (b, n) = self.counters, h.shape
+        b, n = h.shape
         if self.config.norm == "length":  # divide by the RMS: length normalised to sqrt(n)
-            c.digital_macs += b * n
-            c.digital_ops += b * n + b
+            self.counters += cost.length_norm(b, n)
             return h / (h.pow(2).mean(1, keepdim=True).sqrt() + self.config.eps)
+        self.counters += cost.batch_norm(b, n, update_stats)
         mean, var = getattr(self, f"bn_mean{i}"), getattr(self, f"bn_var{i}")
         if update_stats:  # batch statistics of this training batch; running averages for inference
             bm, bv = h.mean(0), h.var(0, unbiased=False)
             mean.mul_(0.9).add_(bm, alpha=0.1)
             var.mul_(0.9).add_(bv, alpha=0.1)
-            c.digital_macs += b * n
-            c.digital_ops += b * n + 6 * n
         else:
             bm, bv = mean, var
-        c.digital_ops += 2 * b * n
         return (h - bm) / (bv + 1e-5).sqrt()
 
     def _relu(self, z: torch.Tensor) -> torch.Tensor:
-        self.counters.digital_ops += z.numel()
+        self.counters += cost.relu(z.numel())
         return torch.relu(z)
 
     @torch.no_grad()
@@ -545,7 +514,7 @@ class FFNet(nn.Module):
         labels = torch.arange(k, device=x.device).repeat_interleave(b)
         hs = self.activities(overlay_label(x.repeat(k, 1), labels, k, cfg.label_value))
         score = sum(goodness(h, cfg.goodness) for h in hs[self.goodness_from:])
-        self.counters.digital_macs += sum(h.numel() for h in hs[self.goodness_from:])
+        self.counters += cost.goodness_scores(sum(h.numel() for h in hs[self.goodness_from:]))
         return score.view(k, b).t()
 
     @torch.no_grad()
@@ -596,7 +565,7 @@ class FFNet(nn.Module):
         Returns {"loss": sum of layer losses, "layer_losses": [...], "head_loss": float}.
         Raises FloatingPointError on a non-finite loss.
         """
-        cfg, c, k = self.config, self.counters, self.config.num_classes
+        cfg, k = self.config, self.config.num_classes
         lr = cfg.lr if lr is None else lr
         head_lr = cfg.head_lr if head_lr is None else head_lr
         b = x.shape[0]
@@ -614,7 +583,7 @@ class FFNet(nn.Module):
             probs = torch.softmax(logits, 1)
             out["head_loss"] = float(F.cross_entropy(logits, y))
             d_head = (probs - F.one_hot(y, k).to(probs.dtype)) / b  # cross-entropy's dL/dlogits
-            c.digital_ops += 4 * b * k
+            self.counters += cost.head_loss(b, k)
             self.head.apply_update(hin, d_head, head_lr)
         if cfg.negatives == "hard":
             if cfg.hard_source == "goodness":
@@ -629,10 +598,8 @@ class FFNet(nn.Module):
         for i, layer in enumerate(self.layers):
             h = self._relu(layer(inp))
             loss, d = ff_loss_and_error(h[:b], h[b:], cfg)
+            self.counters += cost.ff_layer_loss(b, h.shape[1])
             _check_finite(loss, f"layer {i}", epoch, lr)
-            c.digital_macs += 2 * h.numel()  # goodness (sum of squares) + local error
-            c.digital_ops += h.numel() + 8 * b
-            c.sram_bytes += 2 * BYTES * h.numel()  # h written, read back for the error
             next_inp = self.normalize(i, h, update_stats=True)  # (last layer: for the head / BN stats)
             layer.apply_update(inp, d, lr)
             losses.append(float(loss))

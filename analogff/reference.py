@@ -9,7 +9,8 @@ without running anything. :meth:`BPNet.peak_memory` reports the bytes of activat
 state. Feed the counts to :class:`analogff.energy.EnergyModel`.
 
 Counting rules (per mini-batch of B samples; layer l maps ``n_in`` -> ``n_out``; all digital values
-are ``bytes_per_value`` = 4 bytes, fp32, matching the energy model's default ``digital_precision``):
+are ``accounting.BYTES_PER_VALUE`` = 4 bytes, fp32, matching the energy model's default
+``digital_precision``; the rules are :func:`analogff.accounting.bp_step_counts`):
 
 * ``digital_macs``
     - forward: ``B n_in n_out`` per layer;
@@ -18,10 +19,11 @@ are ``bytes_per_value`` = 4 bytes, fp32, matching the energy model's default ``d
       training step costs ``3x`` the forward MACs minus the first layer's input gradient.
 * ``digital_ops`` (element-wise)
     - forward: bias add ``B n_out`` per layer, ReLU ``B n_out`` per hidden layer; softmax
-      cross-entropy ``SOFTMAX_CE_OPS_PER_CLASS x B x classes`` (max, subtract, exp, sum, log/divide);
+      cross-entropy ``SOFTMAX_CE_OPS_PER_CLASS x B x classes`` (max, subtract, exp, sum, log/divide;
+      the exp and the log are ``digital_special_ops``, the rest ``digital_ops``);
     - backward: loss gradient (softmax - one-hot) ``B x classes``, ReLU mask ``B n_out`` per hidden
       layer, bias gradient ``B n_out`` per layer;
-    - optimiser step: ``ops_per_param x parameters`` (see :data:`OPTIMIZER_OPS_PER_PARAM`).
+    - optimiser step: ``ops_per_param x parameters`` (see :data:`analogff.accounting.OPTIMIZERS`).
 * memory traffic: the "resident state" (weights + gradients + optimiser state) lives in on-chip SRAM
   if it fits in ``sram_capacity_bytes`` (default 1 MiB), otherwise in DRAM (and is streamed from there
   every mini-batch); activations are held in SRAM. Per mini-batch:
@@ -53,22 +55,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from analogff import accounting as cost
+from analogff.accounting import BYTES_PER_VALUE, DEFAULT_SRAM_CAPACITY_BYTES, SOFTMAX_CE_OPS_PER_CLASS
 from analogff.energy import OpCounts
 
-__all__ = ["BPNet", "train_bp", "evaluate", "AnalogBPNet", "train_analog_bp", "evaluate_analog", "OPTIMIZER_OPS_PER_PARAM", "SOFTMAX_CE_OPS_PER_CLASS",
-           "DEFAULT_SRAM_CAPACITY_BYTES"]
-
-#: Element-wise ops per parameter of one optimiser step (torch's foreach implementations):
-#: Adam: m <- lerp(m, g, 1-b1) (2), v <- b2 v + (1-b2) g^2 (3), denom = sqrt(v)/sqrt(bc2) + eps (3),
-#: p <- p - step * m / denom (2) = 10. SGD: p <- p - lr g (2). SGD with momentum: buf <- mu buf + g
-#: (2) then p <- p - lr buf (2) = 4.
-OPTIMIZER_OPS_PER_PARAM = {"adam": 10, "sgd": 2, "sgd_momentum": 4}
-#: optimiser state values per parameter
-OPTIMIZER_STATE_PER_PARAM = {"adam": 2, "sgd": 0, "sgd_momentum": 1}
-#: softmax cross-entropy per sample and class: max, subtract, exp, sum, and log/pick ~ 5 ops.
-SOFTMAX_CE_OPS_PER_CLASS = 5
-#: on-chip SRAM assumed for the digital accelerator, bytes (1 MiB)
-DEFAULT_SRAM_CAPACITY_BYTES = 1 << 20
+__all__ = ["BPNet", "train_bp", "evaluate", "AnalogBPNet", "train_analog_bp", "evaluate_analog",
+           "SOFTMAX_CE_OPS_PER_CLASS", "DEFAULT_SRAM_CAPACITY_BYTES"]
 
 
 class BPNet(nn.Module):
@@ -79,20 +71,20 @@ class BPNet(nn.Module):
     """
 
     def __init__(self, dims: Sequence[int], seed: int = 0, optimizer: str = "adam", momentum: float = 0.9,
-                 bytes_per_value: int = 4, sram_capacity_bytes: int = DEFAULT_SRAM_CAPACITY_BYTES):
+                 sram_capacity_bytes: int = DEFAULT_SRAM_CAPACITY_BYTES):
         super().__init__()
         dims = [int(d) for d in dims]
         if len(dims) < 2 or any(d < 1 for d in dims):
             raise ValueError(f"dims must list at least 2 positive layer widths, got {dims!r}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        if sram_capacity_bytes < 0 or bytes_per_value < 1:
-            raise ValueError("sram_capacity_bytes must be >= 0 and bytes_per_value >= 1")
+        if sram_capacity_bytes < 0:
+            raise ValueError("sram_capacity_bytes must be >= 0")
         self.dims = dims
         self.seed = int(seed)
         self.optimizer_name = optimizer
         self.momentum = float(momentum) if optimizer == "sgd" else 0.0
-        self.bytes_per_value = int(bytes_per_value)
+        self.bytes_per_value = BYTES_PER_VALUE  # fp32 (analogff.accounting)
         self.sram_capacity_bytes = int(sram_capacity_bytes)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         g = torch.Generator().manual_seed(self.seed)
@@ -146,7 +138,7 @@ class BPNet(nn.Module):
         p = self.n_params
         weights = p * bpv
         grads = p * bpv
-        opt_state = OPTIMIZER_STATE_PER_PARAM[self._opt_key] * p * bpv
+        opt_state = cost.optimizer(self._opt_key).state_per_param * p * bpv
         stored = sum(i for i, _ in self.shapes) + sum(o for _, o in self.shapes[:-1]) + self.dims[-1]
         activations = batch_size * stored * bpv
         resident = weights + grads + opt_state
@@ -154,38 +146,15 @@ class BPNet(nn.Module):
             "weights_bytes": weights, "gradients_bytes": grads, "optimizer_state_bytes": opt_state,
             "activations_bytes": activations, "total_bytes": resident + activations,
             "sram_capacity_bytes": self.sram_capacity_bytes,
-            "state_in_sram": resident <= self.sram_capacity_bytes,
+            "state_in_sram": not cost.state_in_dram(resident, self.sram_capacity_bytes),
             "inference_weights_in_sram": weights <= self.sram_capacity_bytes,
         }
 
     # -- counting -------------------------------------------------------------------------------
     def train_step_counts(self, batch: int) -> OpCounts:
-        """Counts of one training step (forward, backward, optimiser) on ``batch`` samples."""
-        bpv, shapes, classes = self.bytes_per_value, self.shapes, self.dims[-1]
-        hidden_outs = sum(o for _, o in shapes[:-1])
-        all_outs = sum(o for _, o in shapes)
-        p = self.n_params
-        macs = self.forward_macs(batch) + self.backward_macs(batch)
-        ops = batch * (all_outs + hidden_outs + SOFTMAX_CE_OPS_PER_CLASS * classes)  # forward
-        ops += batch * (classes + hidden_outs + all_outs)  # backward: loss grad, ReLU mask, bias grad
-        ops += OPTIMIZER_OPS_PER_PARAM[self._opt_key] * p  # optimiser
-        # resident state traffic (values)
-        w_fwd = p
-        w_bwd = sum(i * o + o for i, o in shapes[1:])  # layers that propagate an input gradient
-        w_opt = 2 * p  # read + write in the update
-        grad = 2 * p  # written by backward, read by the optimiser
-        state = 2 * OPTIMIZER_STATE_PER_PARAM[self._opt_key] * p  # read + write
-        resident_bytes = (w_fwd + w_bwd + w_opt + grad + state) * bpv
-        # activations (values): stored for backward (write + read), backward error vectors (w + r)
-        stored = sum(i for i, _ in shapes) + hidden_outs + classes
-        errors = classes + sum(i for i, _ in shapes[1:])
-        act_bytes = batch * 2 * (stored + errors) * bpv
-        in_sram = self.peak_memory(batch)["state_in_sram"]
-        return OpCounts(
-            digital_macs=macs, digital_ops=ops,
-            sram_bytes=act_bytes + (resident_bytes if in_sram else 0),
-            dram_bytes=0 if in_sram else resident_bytes,
-        )
+        """Counts of one training step (forward, backward, optimiser) on ``batch`` samples
+        (:func:`analogff.accounting.bp_step_counts`, the rules of the module doc)."""
+        return cost.bp_step_counts(self.dims, batch, self._opt_key, self.sram_capacity_bytes)
 
     def inference_batch_counts(self, batch: int) -> OpCounts:
         """Counts of one inference mini-batch of ``batch`` samples."""
@@ -195,9 +164,8 @@ class BPNet(nn.Module):
         ops = batch * (all_outs + hidden_outs + classes)  # bias, ReLU, argmax
         w_bytes = self.n_params * bpv
         act_bytes = batch * 2 * all_outs * bpv  # each layer output written and read back
-        in_sram = w_bytes <= self.sram_capacity_bytes
-        return OpCounts(digital_macs=self.forward_macs(batch), digital_ops=ops,
-                        sram_bytes=act_bytes + (w_bytes if in_sram else 0), dram_bytes=0 if in_sram else w_bytes)
+        return OpCounts(digital_macs=self.forward_macs(batch), digital_ops=ops, sram_bytes=act_bytes) \
+            + cost.resident_state(w_bytes, cost.state_in_dram(w_bytes, self.sram_capacity_bytes))
 
     def inference_counts(self, n_samples: int, batch_size: int | None = None) -> OpCounts:
         """Counts of inference on ``n_samples`` in mini-batches of ``batch_size`` (default: one batch)."""
@@ -323,8 +291,7 @@ class AnalogBPNet(nn.Module):
     crossbars' analog counts and the periphery's digital counts.
     """
 
-    def __init__(self, dims: Sequence[int], device: Any, seed: int = 0, engine: str = "torch",
-                 bytes_per_value: int = 4):
+    def __init__(self, dims: Sequence[int], device: Any, seed: int = 0, engine: str = "torch"):
         super().__init__()
         from analogff.crossbar import Crossbar
 
@@ -338,7 +305,7 @@ class AnalogBPNet(nn.Module):
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(o), requires_grad=False) for o in self.dims[1:])
         self.periphery = OpCounts()
         self.eval_counters = OpCounts()  #: evaluation during training (not in ``counters``)
-        self.bytes_per_value = bytes_per_value
+        self.bytes_per_value = BYTES_PER_VALUE
 
     @property
     def counters(self) -> OpCounts:
@@ -382,8 +349,9 @@ class AnalogBPNet(nn.Module):
             delta = d_in
         bpv = self.bytes_per_value
         hidden = sum(self.dims[1:-1])
-        self.periphery.digital_ops += batch * (SOFTMAX_CE_OPS_PER_CLASS * classes + classes + hidden
+        self.periphery.digital_ops += batch * ((SOFTMAX_CE_OPS_PER_CLASS - 2) * classes + classes + hidden
                                                + sum(self.dims[1:]))  # loss, error, ReLU masks, bias grads
+        self.periphery.digital_special_ops += batch * 2 * classes  # the loss's exp and log
         stored = sum(self.dims[:-1]) + hidden + classes  # activations kept for the backward pass
         self.periphery.sram_bytes += batch * 2 * stored * bpv
         return loss, logits
