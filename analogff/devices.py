@@ -284,7 +284,7 @@ def resolve_device(spec: str | Path) -> Path:
             return path
         if not path.is_absolute() and path.parent == Path("devices") and path.stem in shipped:
             return shipped[path.stem]
-        raise DeviceProfileError(str(spec), "(file)", f"no such file; shipped profiles: {names} "
+        raise DeviceProfileError(str(spec), "(file)", f"not found (no such file); shipped profiles: {names} "
                                  "(by name), or a path to your own .toml file")
     if spec in shipped:
         return shipped[spec]

@@ -802,9 +802,12 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
 def _progress(it, enabled: bool, desc: str):
     if not enabled:
         return it
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+    # a bar only on a terminal; in a log (a file, a pipe, a sweep cell) one line per epoch (_log)
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
 def _log(m: dict) -> None:

@@ -49,6 +49,7 @@ counters show what Forward-Forward's missing backward pass saves.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -393,7 +394,8 @@ def train_analog_bp(net: AnalogBPNet, x_train: Any, y_train: Any, x_test: Any = 
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"analog_bp epoch {epoch}/{epochs}", leave=False)
+            starts = tqdm(starts, desc=f"analog_bp epoch {epoch}/{epochs}", leave=False,
+                          disable=not sys.stderr.isatty())  # a bar only on a terminal
         for s in starts:
             idx = perm[s:s + batch_size]
             loss, logits = net.train_step(xt[idx], yt[idx], lr)
