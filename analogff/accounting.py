@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from analogff.energy import OpCounts
+from analogff.energy import DEFAULT_SRAM_CAPACITY_BYTES, OpCounts
 
 __all__ = [
     "BYTES_PER_VALUE", "DEFAULT_SRAM_CAPACITY_BYTES", "SOFTMAX_CE_OPS_PER_CLASS", "Optimizer", "OPTIMIZERS",
@@ -45,8 +45,6 @@ __all__ = [
 
 #: bytes of one digital value (fp32)
 BYTES_PER_VALUE = 4
-#: on-chip SRAM of the digital accelerator / the analog chip's periphery, bytes (1 MiB)
-DEFAULT_SRAM_CAPACITY_BYTES = 1 << 20
 #: softmax cross-entropy per sample and class: max, subtract, exp, sum, log/pick (BP's loss)
 SOFTMAX_CE_OPS_PER_CLASS = 5
 

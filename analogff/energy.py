@@ -18,8 +18,12 @@ component          energy
 ``array_read``     ``t_read_s x read_v2g_W`` (sum of V^2 G over read cells, from the simulation)
 ``programming``    ``update_pulses x pulse_energy_J``
 ``digital_mac``    ``digital_macs x (mult + add)`` at ``digital_precision`` (Horowitz, 45 nm)
-``digital_ops``    ``digital_ops x add`` at ``digital_precision`` (Horowitz, 45 nm)
-``sram``           ``sram_bytes x sram_J_per_byte``
+``digital_ops``    ``digital_ops x add + digital_mults x mult + digital_special_ops x special``
+                   at ``digital_precision`` (Horowitz, 45 nm; special = ``special_op_in_mults``
+                   x mult, 7.1: a measured fp32 divide; docs/energy.md "Element-wise operations")
+``sram``           ``sram_bytes x sram_J_per_byte``, the price following ``sram_capacity_bytes``
+                   (Horowitz's 8 KB / 32 KB / 1 MB reads, linear in log capacity; docs/energy.md
+                   "Memory")
 ``dram``           ``dram_bytes x dram_J_per_byte``
 =================  ===========================================================================
 
@@ -156,12 +160,39 @@ HOROWITZ_45NM_J: dict[str, tuple[float, float]] = {
 }
 #: Horowitz 2014: 64-bit read from an 8 KB SRAM cache, 10 pJ (cross-checked as above) -> per byte.
 HOROWITZ_SRAM_8KB_J_PER_BYTE = 10e-12 / 8
-#: Horowitz 2014: 64-bit read from a 32 KB SRAM cache, 20 pJ (as tabulated in the shared reference
-#: docs/energy notes; not verified against the original) -> per byte.
+#: Horowitz 2014: 64-bit read from a 32 KB SRAM cache, 20 pJ -> per byte (docs/energy.md, "Memory":
+#: the 32 KB and 1 MB entries are Horowitz's table as widely reproduced; not checked in the original).
 HOROWITZ_SRAM_32KB_J_PER_BYTE = 20e-12 / 8
-#: Horowitz 2014: 64-bit read from a 1 MB SRAM cache, 100 pJ (as tabulated in the shared reference
-#: notes; not verified against the original) -> per byte.
+#: Horowitz 2014: 64-bit read from a 1 MB SRAM cache, 100 pJ -> per byte (docs/energy.md, "Memory").
 HOROWITZ_SRAM_1MB_J_PER_BYTE = 100e-12 / 8
+#: (capacity in bytes, J per byte) of Horowitz's three SRAM sizes, for :func:`sram_J_per_byte_for`.
+HOROWITZ_SRAM_POINTS: tuple[tuple[int, float], ...] = (
+    (8 << 10, HOROWITZ_SRAM_8KB_J_PER_BYTE), (32 << 10, HOROWITZ_SRAM_32KB_J_PER_BYTE),
+    (1 << 20, HOROWITZ_SRAM_1MB_J_PER_BYTE))
+#: on-chip SRAM of the digital accelerator and of the analog chip's periphery, bytes (1 MiB): the
+#: capacity of the residency rule (analogff.accounting) and of the SRAM price
+DEFAULT_SRAM_CAPACITY_BYTES = 1 << 20
+#: energy of an fp32 divide in fp32 multiplies: 7.1, measured on an ARM Cortex-M4F (Front. Neurol.
+#: 2022, PMC8934428, Table 3, note b: 26.3 pJ = 7.1 x Horowitz's 3.7 pJ). analogff prices every
+#: divide, square root, exponential and logarithm ("special" op) so; an assumption for sqrt/exp/log.
+SPECIAL_OP_IN_MULTS = 7.1
+
+
+def sram_J_per_byte_for(capacity_bytes: float) -> float:
+    """Horowitz's SRAM energy per byte for an SRAM of ``capacity_bytes``: linear in log2(capacity)
+    between his 8 KB (10 pJ), 32 KB (20 pJ) and 1 MB (100 pJ) 64-bit reads; 10 pJ below 8 KB; above
+    1 MB extrapolated on the 32 KB - 1 MB slope (+16 pJ per doubling; stated, not measured)."""
+    if not capacity_bytes > 0:
+        raise EnergyConfigError("sram_capacity_bytes", f"must be > 0; got {capacity_bytes!r}")
+    pts = HOROWITZ_SRAM_POINTS
+    x = math.log2(capacity_bytes)
+    if capacity_bytes <= pts[0][0]:
+        return pts[0][1]
+    for (c0, e0), (c1, e1) in zip(pts[:-1], pts[1:]):
+        if capacity_bytes <= c1:
+            return e0 + (e1 - e0) * (x - math.log2(c0)) / (math.log2(c1) - math.log2(c0))
+    (c0, e0), (c1, e1) = pts[-2], pts[-1]
+    return e1 + (e1 - e0) * (x - math.log2(c1)) / (math.log2(c1) - math.log2(c0))
 #: Horowitz 2014: 64-bit DRAM access 1.3-2.6 nJ (cross-checked as above); we take the low end,
 #: 1.3 nJ / 8 bytes = 162.5 pJ/byte (the same 160 pJ/byte as the often-quoted 640 pJ per 32-bit word).
 HOROWITZ_DRAM_J_PER_BYTE = 1.3e-9 / 8
@@ -212,6 +243,7 @@ H100_PEAK_OPS_PER_S = {"bf16": 989.4e12, "fp16": 989.4e12, "int8": 1978.9e12, "t
 H100_TDP_W = 700.0
 
 _ADC_MODELS = ("walden", "murmann")
+_SRAM_MODELS = ("horowitz", "custom")
 _ADC_POINTS = ("min", "p10", "median", "custom")
 _PRECISIONS = tuple(HOROWITZ_45NM_J)
 _ADC_NUMBER_FIELDS = ("adc_walden_fom_J_per_step", "adc_murmann_E0_J", "adc_murmann_k_J")
@@ -270,14 +302,22 @@ class EnergyConstants:
     int32_mult_J: float = HOROWITZ_45NM_J["int32"][1]  #: 3.1 pJ
     int8_add_J: float = HOROWITZ_45NM_J["int8"][0]  #: 0.03 pJ
     int8_mult_J: float = HOROWITZ_45NM_J["int8"][1]  #: 0.2 pJ
+    #: a divide, square root, exponential or logarithm costs this many multiplies of the same
+    #: precision (7.1: measured fp32 divide / multiply, docs/energy.md "Element-wise operations")
+    special_op_in_mults: float = SPECIAL_OP_IN_MULTS
     # -- memory (Horowitz ISSCC 2014, 45 nm) -----------------------------------------------------
-    #: on-chip SRAM, J per byte: 20 pJ per 64-bit access of a 32 KB cache.
-    sram_J_per_byte: float = HOROWITZ_SRAM_32KB_J_PER_BYTE
+    #: on-chip SRAM capacity, bytes (the SRAM price follows it when ``sram_model="horowitz"``)
+    sram_capacity_bytes: int = DEFAULT_SRAM_CAPACITY_BYTES
+    #: "horowitz": ``sram_J_per_byte`` = :func:`sram_J_per_byte_for` (capacity); "custom": your own
+    sram_model: str = "horowitz"
+    #: on-chip SRAM, J per byte: Horowitz's 100 pJ per 64-bit access of a 1 MB SRAM (default capacity).
+    sram_J_per_byte: float = HOROWITZ_SRAM_1MB_J_PER_BYTE
     #: off-chip DRAM, J per byte: 1.3 nJ per 64-bit access (low end of Horowitz's 1.3-2.6 nJ).
     dram_J_per_byte: float = HOROWITZ_DRAM_J_PER_BYTE
 
     def __post_init__(self) -> None:
-        choices = {"adc_model": _ADC_MODELS, "adc_point": _ADC_POINTS, "digital_precision": _PRECISIONS}
+        choices = {"adc_model": _ADC_MODELS, "adc_point": _ADC_POINTS, "digital_precision": _PRECISIONS,
+                   "sram_model": _SRAM_MODELS}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
@@ -295,6 +335,15 @@ class EnergyConstants:
                     raise EnergyConfigError(f.name, f"must be a finite number >= 0; got {value!r}")
                 if value < 0:
                     raise EnergyConfigError(f.name, f"must be >= 0 (an energy/time cannot be negative); got {value!r}")
+        if isinstance(self.sram_capacity_bytes, float) or self.sram_capacity_bytes < 1:
+            raise EnergyConfigError("sram_capacity_bytes", f"must be an integer number of bytes >= 1; got {self.sram_capacity_bytes!r}")
+        if self.sram_model == "horowitz":
+            want = sram_J_per_byte_for(self.sram_capacity_bytes)
+            if not math.isclose(self.sram_J_per_byte, want, rel_tol=1e-9):
+                raise EnergyConfigError(
+                    "sram_J_per_byte", f"is {self.sram_J_per_byte!r} but sram_model='horowitz' at "
+                                       f"{self.sram_capacity_bytes} bytes means {want!r}; set sram_model='custom' "
+                                       "for your own figure, or override sram_capacity_bytes alone")
         if self.adc_point != "custom":
             e0, k = MURMANN_POINTS[self.adc_point]
             expected = {"adc_walden_fom_J_per_step": WALDEN_POINTS[self.adc_point],
@@ -336,6 +385,13 @@ class EnergyConstants:
                 values.setdefault(name, v)
         elif point is None and any(name in values for name in _ADC_NUMBER_FIELDS):
             values["adc_point"] = "custom"
+        sram_model = values.get("sram_model", self.sram_model if "sram_J_per_byte" not in values else None)
+        if sram_model is None:
+            values["sram_model"] = "custom"  # an SRAM price given without naming a model
+        elif sram_model == "horowitz" and "sram_J_per_byte" not in values:
+            cap = values.get("sram_capacity_bytes", self.sram_capacity_bytes)
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1:
+                values["sram_J_per_byte"] = sram_J_per_byte_for(cap)
         return dataclasses.replace(self, **values)
 
     @classmethod
@@ -372,6 +428,10 @@ class EnergyConstants:
     def mac_J(self, precision: str | None = None) -> float:
         """Energy of one digital multiply-accumulate (multiply + add), J."""
         return self.mult_J(precision) + self.add_J(precision)
+
+    def special_J(self, precision: str | None = None) -> float:
+        """Energy of one divide, square root, exponential or logarithm: ``special_op_in_mults`` multiplies."""
+        return self.special_op_in_mults * self.mult_J(precision)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +586,8 @@ class EnergyModel:
             "array_read": c.t_read_s * counts.read_v2g_W,
             "programming": counts.update_pulses * c.pulse_energy_J,
             "digital_mac": counts.digital_macs * self.mac_J,
-            "digital_ops": counts.digital_ops * self.op_J + (counts.digital_mults + counts.digital_special_ops) * self.op_J,
+            "digital_ops": (counts.digital_ops * self.op_J + counts.digital_mults * self.constants.mult_J()
+                            + counts.digital_special_ops * self.constants.special_J()),
             "sram": counts.sram_bytes * c.sram_J_per_byte,
             "dram": counts.dram_bytes * c.dram_J_per_byte,
         }
@@ -575,6 +636,8 @@ class EnergyModel:
         return {
             "constants": self.constants.as_dict(), "dac_bits": self.dac_bits, "adc_bits": self.adc_bits,
             "dac_J": self.dac_J, "adc_J": self.adc_J, "digital_mac_J": self.mac_J, "digital_op_J": self.op_J,
+            "digital_mult_J": self.constants.mult_J(), "digital_special_op_J": self.constants.special_J(),
+            "sram_J_per_byte": self.constants.sram_J_per_byte,
             "read_voltage_V": self.read_voltage_V, "g_min_S": self.g_min_S, "g_max_S": self.g_max_S,
         }
 
@@ -648,7 +711,7 @@ def hermes_calibration(adc_point: str = "median", mode: str = "one_phase", read_
     t_mvm_s = ops_per_mvm / (pub["one_phase"]["TOPS"] * 1e12 / pub["cores"])
     base = constants if constants is not None else EnergyConstants()
     c = base.with_overrides(adc_model="murmann", adc_point=adc_point, t_read_s=t_mvm_s, digital_precision="fp16",
-                            sram_J_per_byte=HOROWITZ_SRAM_8KB_J_PER_BYTE)
+                            sram_model="horowitz", sram_capacity_bytes=8 << 10)
     model = EnergyModel(c, dac_bits=8, adc_bits=8, read_voltage_V=read_voltage_V, g_min_S=0.0,
                         g_max_S=HERMES_G_MAX_DEVICE_S)
     phases = 1 if mode == "one_phase" else 4

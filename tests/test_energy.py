@@ -56,7 +56,7 @@ def test_energy_of_known_counts_by_hand():
         "dac": 10 * dac, "adc": 20 * adc, "backward_dac": 5 * dac, "backward_adc": 7 * adc,
         "array_read": 100e-9 * 2e-3, "programming": 1000 * 2e-12,
         "digital_mac": 100 * (3.7e-12 + 0.9e-12), "digital_ops": 50 * 0.9e-12,
-        "sram": 64 * 20e-12 / 8, "dram": 8 * 1.3e-9 / 8,
+        "sram": 64 * 100e-12 / 8, "dram": 8 * 1.3e-9 / 8,  # 1 MiB SRAM: Horowitz's 1 MB read
     }
     r = m.energy(counts)
     assert set(r.breakdown_J) == set(COMPONENTS)
@@ -65,6 +65,38 @@ def test_energy_of_known_counts_by_hand():
     assert r.total_J == approx(sum(want.values()))
     # the median-point 8-bit ADC is the survey's ENOB 7-9 median, 38.6 pJ, by construction
     assert adc == approx(38.6e-12, rel=1e-9)
+
+
+def test_sram_is_priced_by_its_capacity():
+    """Horowitz's 64-bit reads: 8 KB 10 pJ, 32 KB 20 pJ, 1 MB 100 pJ; linear in log2(capacity) between."""
+    from analogff.energy import sram_J_per_byte_for
+
+    assert sram_J_per_byte_for(8 << 10) == approx(10e-12 / 8)
+    assert sram_J_per_byte_for(32 << 10) == approx(20e-12 / 8)
+    assert sram_J_per_byte_for(1 << 20) == approx(100e-12 / 8)
+    assert sram_J_per_byte_for(128 << 10) == approx((20e-12 + 80e-12 * 2 / 5) / 8)  # 2 of 5 doublings
+    assert sram_J_per_byte_for(1 << 10) == approx(10e-12 / 8)  # clamped below 8 KB
+    assert sram_J_per_byte_for(2 << 20) == approx(116e-12 / 8)  # +16 pJ per doubling above 1 MB (stated)
+    c = EnergyConstants()
+    assert c.sram_capacity_bytes == 1 << 20 and c.sram_J_per_byte == approx(100e-12 / 8)
+    small = c.with_overrides(sram_capacity_bytes=32 << 10)
+    assert small.sram_model == "horowitz" and small.sram_J_per_byte == approx(20e-12 / 8)
+    own = c.with_overrides(sram_J_per_byte=1e-12)
+    assert own.sram_model == "custom" and own.sram_J_per_byte == 1e-12
+    with pytest.raises(EnergyConfigError, match="sram_J_per_byte"):
+        EnergyConstants(sram_J_per_byte=1e-12)  # a price that contradicts the Horowitz capacity
+    with pytest.raises(EnergyConfigError, match="sram_capacity_bytes"):
+        EnergyConstants().with_overrides(sram_capacity_bytes=0)
+
+
+def test_element_wise_ops_are_priced_by_kind():
+    m = EnergyModel()
+    r = m.energy(OpCounts(digital_ops=10, digital_mults=10, digital_special_ops=10))
+    want = 10 * (0.9e-12 + 3.7e-12 + 7.1 * 3.7e-12)
+    assert r.breakdown_J["digital_ops"] == approx(want)
+    assert m.constants.special_J() == approx(26.27e-12)  # the measured fp32 divide (Front. Neurol. 2022)
+    fp16 = EnergyModel(EnergyConstants(digital_precision="fp16"))
+    assert fp16.energy(OpCounts(digital_special_ops=1)).total_J == approx(7.1 * 1.1e-12)
 
 
 def test_ff_like_counts_have_zero_backward_conversion_energy_and_bp_like_do_not():
@@ -290,9 +322,9 @@ def test_default_digital_mac_is_not_better_than_h100_peak():
 
 
 def test_every_constant_has_a_unit_in_its_name():
-    units = ("_J", "_s", "_V", "_S", "_W", "_J_per_byte", "_J_per_step", "_J_per_level")
+    units = ("_J", "_s", "_V", "_S", "_W", "_J_per_byte", "_J_per_step", "_J_per_level", "_bytes", "_in_mults")
     for name in EnergyConstants.field_names():
-        if name in ("adc_model", "adc_point", "digital_precision") or name.endswith("_bits_default"):
+        if name in ("adc_model", "adc_point", "digital_precision", "sram_model") or name.endswith("_bits_default"):
             continue
         assert any(name.endswith(u) for u in units), name
     assert math.isclose(EnergyConstants().dac_J_per_level, 1.95e-15)
