@@ -13,7 +13,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The one version string: pyproject.toml's, read from the installed metadata (or, in a checkout
+    that is not installed, from pyproject.toml itself)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("analogff")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+
+
+__version__ = _version()
 
 _EXPORTS = {
     "load_device": "devices", "DeviceProfile": "devices", "DeviceProfileError": "devices",
@@ -22,7 +39,7 @@ _EXPORTS = {
     "OpCounts": "energy", "EnergyModel": "energy", "EnergyConstants": "energy",
     "load_mnist": "data", "load_fashion_mnist": "data", "load_dataset": "data",
 }
-_MODULES = ("data", "devices", "crossbar", "pulsed", "energy", "ff", "reference", "experiment", "plots")
+_MODULES = ("data", "devices", "crossbar", "engine", "energy", "ff", "reference", "experiment", "plots")
 
 
 def __getattr__(name: str) -> Any:

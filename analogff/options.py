@@ -90,7 +90,9 @@ class Option:
     @property
     def metavar(self) -> str:
         if self.choices:
-            return "{" + ",".join(self.choices) + "}"
+            return "NAME,..." if self.is_list else "{" + ",".join(self.choices) + "}"
+        if self.key == "out":
+            return "DIR"
         names = {int: "N", float: "X", str: "TEXT", bool: "BOOL"}
         if self.is_list:
             return f"{names.get(self.element, 'V')},..."
@@ -240,8 +242,29 @@ def _options() -> dict[str, Option]:
             doc = ff_docs.get(f.name, "")
             if f.name == "lr":
                 doc = "learning rate of both FF methods: sets ff_lr_analog and ff_lr_digital"
-            out[f"ff.{f.name}"] = Option(f"ff.{f.name}", f.name, FFConfig, ff_hints[f.name], _default(f), doc)
+            choices = _ff_choices(f.name) if ff_hints[f.name] is str else None
+            out[f"ff.{f.name}"] = Option(f"ff.{f.name}", f.name, FFConfig, ff_hints[f.name], _default(f), doc, choices)
     return out
+
+
+def _ff_choices(name: str) -> tuple[str, ...] | None:
+    """The values FFConfig accepts for a string field, read from its own check (its error message
+    lists them: "choose one of (...)"), so that they are stated in one place."""
+    import ast
+
+    from .ff import FFConfig
+
+    try:
+        FFConfig(**{name: "\x00?"})
+    except ValueError as exc:
+        m = re.search(r"choose one of (\(.*\))", str(exc))
+        if m:
+            try:
+                values = ast.literal_eval(m.group(1))
+                return tuple(values) if all(isinstance(v, str) for v in values) else None
+            except (ValueError, SyntaxError):
+                return None
+    return None
 
 
 def options() -> dict[str, Option]:
