@@ -5,7 +5,7 @@ pulsed update (stochastic pulse trains, device response with its variations) com
 preset named by the device profile. Two engines execute it:
 
 * ``engine="aihwkit"``: aihwkit's own C++ ``AnalogTile`` (the reference; CPU, sample by sample);
-* ``engine="torch"``: :class:`analogff.pulsed.TorchPulsedEngine`, the same preset physics in batched
+* ``engine="torch"``: :class:`analogff.engine.TorchPulsedEngine`, the same preset physics in batched
   torch code (fast, CPU and CUDA, seedable), validated against the reference in ``tests/``.
 
 Units. The tile holds normalised device weights ``w`` in the device model's range (aihwkit units,
@@ -66,7 +66,7 @@ class AihwkitEngine:
     aihwkit seeds its C++ random generator from the clock and does not expose the seed, so this
     engine is stochastic run to run; ``seed`` only fixes the device-to-device variations
     (``construction_seed``). Pulse counting is CUDA-only in aihwkit, so :class:`Crossbar` counts
-    the expected pulses of the same pulse trains (:func:`analogff.pulsed.expected_pulses`).
+    the expected pulses of the same pulse trains (:func:`analogff.engine.expected_pulses`).
     """
 
     def __init__(self, in_features: int, out_features: int, rpu_config: Any, seed: int):
@@ -127,7 +127,7 @@ class Crossbar(nn.Module):
         out_features: columns (outputs, ADC channels).
         device: a :class:`DeviceProfile` or the path of a profile TOML file.
         seed: seeds the initial weights and the device-to-device variations.
-        engine: ``"aihwkit"`` (reference) or ``"torch"`` (fast, batched).
+        engine: ``"torch"`` (default: fast, batched) or ``"aihwkit"`` (the reference).
         init_range: initial weights are drawn so that their largest magnitude is this fraction of the
             device's upper weight bound; it sets ``w_scale`` (logical weights per device unit).
             None: the profile's ``[mapping] init_range`` (default 0.3).
@@ -140,7 +140,7 @@ class Crossbar(nn.Module):
         out_features: int,
         device: DeviceProfile | str | Path,
         seed: int = 0,
-        engine: str = "aihwkit",
+        engine: str = "torch",
         init_range: float | None = None,
         w_scale: float | None = None,
     ):
@@ -168,7 +168,7 @@ class Crossbar(nn.Module):
         if engine == "aihwkit":
             self.engine: CrossbarEngine = AihwkitEngine(in_features, out_features, self.rpu_config, seed)
         else:
-            from .pulsed import TorchPulsedEngine
+            from .engine import TorchPulsedEngine
 
             self.engine = TorchPulsedEngine(in_features, out_features, self.rpu_config, seed)
         gen = torch.Generator().manual_seed(seed)
@@ -209,7 +209,7 @@ class Crossbar(nn.Module):
 
     def _pulse(self, x2: Tensor | None, d2: Tensor, lr: float) -> None:
         """Apply ``W <- W - lr d^T x`` as pulses and count them; ``x2 None``: x = I (row by row)."""
-        from .pulsed import expected_pulses, weight_granularity
+        from .engine.pulse_trains import expected_pulses, weight_granularity
 
         if self._drift is not None:
             raise RuntimeError("this crossbar is in drift (inference) mode; call reset_drift() before training")

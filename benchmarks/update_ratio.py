@@ -1,7 +1,7 @@
 """Mean update per device, aihwkit engine against torch engine, by pulse density.
 
 Both engines get identical device-to-device parameters and weights (the aihwkit tile's hidden
-parameters are loaded into the torch engine, as in ``tests/test_pulsed.py``). Then one row-by-row
+parameters are loaded into the torch engine, as in ``tests/test_engine_fidelity.py``). Then one row-by-row
 transfer of a uniform update (``u = sign``: every device gets the same expected pulse count) is
 applied, ``--reps`` times from the same start, at each learning rate. The table prints the mean change
 of the devices the pulses act on (the persistent weights under write noise), per engine, and the
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from analogff.crossbar import AihwkitEngine
     from analogff.devices import load_device
-    from analogff.pulsed import TorchPulsedEngine
+    from analogff.engine import TorchPulsedEngine
 
     def aihwkit_tile() -> AihwkitEngine:
         e = AihwkitEngine(n_in, n_out, load_device(path).rpu_config(), 0)  # seed 0: same device-to-device draws

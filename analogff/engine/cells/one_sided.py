@@ -1,0 +1,208 @@
+"""aihwkit's OneSidedUnitCell (the PCM preset's pair): two devices only pulsed up, with refresh."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..device_array import DeviceArray
+from ..kernels import Kernels
+from ..moments import _coincidence_moments, _rowwise_moments
+from ..mvm import _seeded
+from ..pulse_trains import _check_pulse_type, _probabilities, _train_constants, weight_granularity
+from ..refuse import _refuse
+from ..rng import _Rng, _unpack
+
+def _k_refresh_read(wp: Tensor, wm: Tensor, bits: Tensor, out_noise: float, res: float, bound: float,
+                    w_max: float, w_min: float, hi: float, lo: float):
+    """OneSided refresh: read both arrays through the refresh forward with unit inputs (each output
+    is ``w + out_noise xi``, ADC-quantised and clipped, as aihwkit's output stage), and decide which
+    pairs to refresh (both devices large): ``(refresh, diff_plus, diff_minus)``, ``refresh`` a 0 / 1
+    float mask (compiled CPU kernels store bool tensors several times slower)."""
+    _, za, zb = _unpack(bits)
+    rp = wp + out_noise * za
+    rm = wm + out_noise * zb
+    if res > 0:
+        rp = torch.round(rp / res) * res
+        rm = torch.round(rm / res) * res
+    rp = rp.clamp(min=-bound, max=bound)
+    rm = rm.clamp(min=-bound, max=bound)
+    bigger = rp > rm
+    crit = torch.where(bigger, (rp / w_max > hi) & (rm / w_min > lo), (rp / w_max > lo) & (rm / w_min > hi))
+    return crit.to(wp.dtype), torch.where(crit & bigger, rp - rm, 0.0), torch.where(crit & ~bigger, rm - rp, 0.0)
+
+
+class OneSidedCell:
+    """aihwkit's OneSidedUnitCell: w = w_1 - w_0, both devices only pulsed up, with refresh."""
+
+    def __init__(self, cfg: Any, shape: tuple[int, int], rng: _Rng, where: str, up: Any, kernels: Kernels):
+        devs = list(cfg.unit_cell_devices)
+        if not devs:
+            raise _refuse(where, "OneSidedUnitCell without unit_cell_devices")
+        if bool(getattr(cfg, "copy_inverted", False)):
+            raise _refuse(where, "OneSidedUnitCell.copy_inverted is not implemented")
+        inner = devs[0]  # C++ uses the first device for both (OneSidedRPUDeviceMetaParameter::initialize)
+        self.devs = [DeviceArray(copy.deepcopy(inner), shape, rng, where, kernels) for _ in range(2)]
+        if any(a.persistent for a in self.devs) and int(cfg.refresh_every) > 0:
+            raise _refuse(where, "refresh of devices with write noise (aihwkit refuses it too)")
+        self.cfg = cfg
+        self.up = up
+        self.gran = weight_granularity(cfg)
+        self.refresh_up = cfg.refresh_update
+        _check_pulse_type(self.refresh_up, where)
+        self.refresh_io = cfg.refresh_forward
+        from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+        self._mvm = AnalogMVM
+        self.n_samples = 0  # current_update_idx_
+        self.refreshes = 0
+
+    def weights(self) -> Tensor:
+        return self.devs[1].w - self.devs[0].w
+
+    def set_weights(self, w: Tensor, rng: _Rng) -> None:
+        self.devs[1].set_weights(w.clamp(min=0), rng)
+        self.devs[0].set_weights((-w).clamp(min=0), rng)
+        self.n_samples = 0
+
+    def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
+        """Row-by-row transfer of u (out, in), as ``in`` samples."""
+        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran, self.devs[0].k), u.shape[1], rng,
+                                   one_sign=True)
+
+    def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
+        return self._apply_moments(_coincidence_moments(x, d, lr, self.up, self.gran, rng), x.shape[0], rng)
+
+    def _apply_moments(self, moments: tuple, b: int, rng: _Rng, one_sign: bool = False) -> float:
+        """Pulse the pair, then refresh. ``one_sign``: no pair has both up and down moments (a
+        row-by-row transfer), so one kernel can serve both devices (:meth:`_DeviceArray.pulse_pair`)."""
+        mu_u, mu_d, m2_u, m2_d, sc = moments
+        plus, minus = self.devs[1], self.devs[0]
+        if one_sign and plus.pairs_with(minus):
+            pulses = plus.pulse_pair(minus, mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc)
+        else:
+            pulses = plus.pulse(mu_u, None, m2_u, None, rng, m2_scale=sc, post=True)  # raise w: g_plus up
+            pulses += minus.pulse(mu_d, None, m2_d, None, rng, m2_scale=sc, post=True)  # lower w: g_minus up
+        every = int(self.cfg.refresh_every)
+        if every > 0:
+            if bool(self.cfg.units_in_mbatch):
+                every *= b
+            crossings = (self.n_samples + b) // every - self.n_samples // every
+            for _ in range(min(crossings, 4)):
+                pulses += self._refresh(rng)
+        self.n_samples += b
+        return pulses
+
+    def _plain_read(self) -> tuple[float, float, float] | None:
+        """(out_noise, absolute ADC step, out_bound) when the refresh read is output noise + ADC only."""
+        io = self.refresh_io
+        name = str(getattr(io.mv_type, "name", io.mv_type)).upper()
+        if bool(io.is_perfect) or name == "IDEAL":
+            return 0.0, 0.0, 1e30
+        if name != "ONE_PASS" or float(io.inp_noise) > 0 or float(io.out_asymmetry) != 0 or \
+                bool(io.out_sto_round) or float(io.w_noise) > 0 or float(getattr(io, "out_noise_std", 0.0)) > 0 \
+                or float(getattr(io, "out_nonlinearity", 0.0)) > 0 or float(getattr(io, "ir_drop", 0.0)) > 0:
+            return None
+        bound = float(io.out_bound) if float(io.out_bound) > 0 else 1e30
+        res = float(io.out_res)
+        res = ((1.0 / res if res > 1.0 else res) * 2 * bound) if res > 0 else 0.0
+        return float(io.out_noise), res, bound
+
+    def _read(self, w: Tensor, rng: _Rng) -> Tensor:
+        """A column-by-column read of one device array through the refresh forward (unit inputs),
+        with aihwkit's AnalogMVM output stage (for refresh IO settings beyond noise + ADC)."""
+        with _seeded(rng):
+            _, out = self._mvm._finalize_output(out_values=w.clone(), io_pars=self.refresh_io)
+        return out
+
+    def _refresh(self, rng: _Rng) -> float:
+        """OneSidedRPUDevice::refreshWeights, all columns at once."""
+        plus, minus = self.devs[1], self.devs[0]
+        w_max = abs(float(plus.cfg.w_max))
+        w_min = abs(float(minus.cfg.w_max))  # also w_max, because of the one-sidedness
+        hi, lo = float(self.cfg.refresh_upper_thres), float(self.cfg.refresh_lower_thres)
+        plain = self._plain_read()
+        if plain is not None:
+            # only pairs whose devices are both near the lower threshold or above can be refreshed:
+            # read those (7 sigma of read noise and one ADC step of margin)
+            noise, res, bound = plain
+            margin = 7 * noise + res
+            cand = torch.minimum(plus.w - (lo * w_max - margin), minus.w - (lo * w_min - margin)) > 0
+            n_cand = int(torch.count_nonzero(cand))  # (a bool sum casts to int64 first: 8x slower)
+            if n_cand == 0:
+                return 0.0
+            cidx = None if n_cand > cand.numel() // 4 else cand.reshape(-1).nonzero().squeeze(1)
+
+            def at(t: Tensor) -> Tensor:
+                return t if cidx is None else t.reshape(-1)[cidx]
+
+            crit, diff_p, diff_m = plus.k(_k_refresh_read, at(plus.w), at(minus.w),
+                                          rng.bits(plus.shape if cidx is None else (n_cand,)), *plain,
+                                          w_max=w_max, w_min=w_min, hi=hi, lo=lo)
+            if cidx is not None:  # back to full arrays (few entries)
+                full = torch.zeros(plus.shape, device=plus.device).reshape(-1)
+                crit = full.index_copy(0, cidx, crit).reshape(plus.shape)
+                diff_p = full.index_copy(0, cidx, diff_p).reshape(plus.shape)
+                diff_m = full.index_copy(0, cidx, diff_m).reshape(plus.shape)
+        else:
+            wp, wm = self._read(plus.w, rng), self._read(minus.w, rng)
+            crit, diff_p, diff_m = _k_refresh_read(wp, wm, torch.zeros_like(wp, dtype=torch.int64), 0.0, 0.0,
+                                                   1e30, w_max, w_min, hi, lo)
+        index = crit.reshape(-1).nonzero().squeeze(1)
+        n_ref = int(index.numel())
+        if n_ref == 0:
+            return 0.0
+        self.refreshes += n_ref
+        plus.reset_at(index, rng)
+        minus.reset_at(index, rng)
+        pulses = 2.0 * n_ref  # the two RESETs of each refreshed pair
+        n_in = plus.shape[1]
+        for dev, diff in ((plus, diff_p), (minus, diff_m)):
+            # per column j: x = e_j, d = diff[:, j], lr = 1 (sign: increase), refresh update params
+            sub = diff.reshape(-1)[index]
+            keep = sub > 0
+            idx, sub = index[keep], sub[keep]
+            if idx.numel() == 0:
+                continue
+            d_max = diff.amax(dim=0)  # (in,)
+            ones = torch.ones_like(d_max)
+            bl, a, b = _train_constants(ones, d_max, 1.0, self.refresh_up, self.gran)
+            px = _probabilities(ones[:, None], b, self.refresh_up)[:, 0]  # (in,)
+            cols = idx % n_in
+            p = _probabilities(sub[:, None], a[cols], self.refresh_up)[:, 0] * px[cols]
+            mu = bl[cols] * p
+            pulses += dev.pulse(mu, None, mu * p, None, rng, index=idx)
+        return pulses
+
+    def hidden_parameters(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for k, dev in enumerate(self.devs):
+            for name, v in dev.hidden_parameters().items():
+                out[f"{name}_{k}"] = v
+            out[f"hidden_weights_{k}"] = dev.w
+        return out
+
+    def load_hidden_parameters(self, state: dict[str, Tensor], weights: Tensor | None) -> None:
+        for k, dev in enumerate(self.devs):
+            sub = {name[: -len(f"_{k}")]: v for name, v in state.items() if name.endswith(f"_{k}")}
+            dev.load_hidden_parameters(sub)
+            if "hidden_weights" in sub:
+                dev.set_apparent(sub["hidden_weights"])
+
+    def to(self, device: torch.device) -> None:
+        for dev in self.devs:
+            dev.to(device)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"n_samples": self.n_samples, "refreshes": self.refreshes, "calls": [d.calls for d in self.devs]}
+
+    def load_extra_state(self, s: dict[str, Any]) -> None:
+        self.n_samples, self.refreshes = int(s["n_samples"]), int(s["refreshes"])
+        for dev, c in zip(self.devs, s["calls"]):
+            dev.calls = int(c)
+
+
+_OneSidedCell = OneSidedCell  # the name of analogff.pulsed

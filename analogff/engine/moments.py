@@ -1,0 +1,88 @@
+"""Moments of the pulse coincidence counts per device: a mini-batch's (GEMMs over the batch,
+:func:`_coincidence_moments`) and a row-by-row transfer's (element-wise, :func:`_rowwise_moments`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .kernels import Kernels
+from .pulse_trains import _probabilities, _probability_step, _train_constants
+from .rng import _Rng
+
+_SECOND_MOMENT_SAMPLES = 64
+
+
+def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, rng: _Rng,
+                         max_second: int = _SECOND_MOMENT_SAMPLES):
+    """Moments of the up and down coincidence counts per device over the batch.
+
+    Returns ``(mu_up, mu_down, m2_up, m2_down, m2_scale)``, each (out, in) (views): the means
+    ``sum_b BL_b p_x p_d`` split by the sign of ``x d`` (positive lowers the weight), one GEMM (two
+    when x has both signs), and ``m2 * m2_scale = sum_b BL_b p^2`` (the binomial variance is
+    ``mu - m2``), estimated from at most ``max_second`` samples of the batch (unbiased; it only
+    corrects a Poisson variance).
+    """
+    bl, a, b = _train_constants(x.abs().amax(dim=1), d.abs().amax(dim=1), lr, up, gran)
+    px = _probabilities(x, b, up)  # (B, in)
+    pd = _probabilities(d, a, up)  # (B, out)
+    dd = pd * bl[:, None]
+    zero = torch.zeros((), device=x.device)
+    d_pos = torch.where(d > 0, dd, zero)
+    d_neg = torch.where(d < 0, dd, zero)
+    n_out = d.shape[1]
+    bsz = x.shape[0]
+    if max_second > 0 and bsz > max_second:
+        idx = torch.randperm(bsz, generator=rng.cpu)[:max_second].to(x.device)
+        scale2 = bsz / max_second
+    else:
+        idx, scale2 = None, 1.0
+    pd_s = pd if idx is None else pd[idx]
+    if bool((x >= 0).all()):  # FF activations: one sign of x, one GEMM for both signs of d
+        left = torch.cat((d_pos, d_neg), 1)  # (B, 2 out)
+        mu = left.T @ px  # (2 out, in): rows [down; up]
+        ls = left if idx is None else left[idx]
+        px_s = px if idx is None else px[idx]
+        m2 = (ls * torch.cat((pd_s, pd_s), 1)).T @ (px_s * px_s)
+    else:
+        zx = torch.zeros((), device=x.device)
+        x_pos = torch.where(x > 0, px, zx)
+        x_neg = torch.where(x < 0, px, zx)
+        left = torch.cat((torch.cat((d_pos, d_neg), 1), torch.cat((d_neg, d_pos), 1)), 0)  # (2B, 2 out)
+        right = torch.cat((x_pos, x_neg), 0)  # (2B, in)
+        mu = left.T @ right
+        if idx is not None:
+            idx2 = torch.cat((idx, idx + bsz))
+            left, right, pd2 = left[idx2], right[idx2], torch.cat((pd_s, pd_s), 0)
+        else:
+            pd2 = torch.cat((pd, pd), 0)
+        m2 = (left * torch.cat((pd2, pd2), 1)).T @ (right * right)
+    return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
+
+
+def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
+    """Element-wise core of :func:`_rowwise_moments`: column probabilities |u| a (discretised to
+    ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d and second moment, split by sign."""
+    p = u.abs() * a
+    if res > 0:
+        p = torch.round(p / res) * res
+    p = p.clamp(max=1.0)
+    dd = p * (bl * px)
+    m2 = dd * p * px
+    zero = torch.zeros((), device=u.device)
+    pos, neg = u > 0, u < 0  # positive errors lower the weight
+    return torch.where(neg, dd, zero), torch.where(pos, dd, zero), torch.where(neg, m2, zero), torch.where(pos, m2, zero)
+
+
+def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: Kernels | None = None):
+    """:func:`_coincidence_moments` of ``x = I, d = u^T``: row i driven alone (value 1) with the
+    column errors ``u[:, i]``, the row-by-row transfer of a digital update matrix u (out, in). Each
+    device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value."""
+    n_in = u.shape[1]
+    ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
+    bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
+    px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
+    run = kernels if kernels is not None else (lambda fn, *args: fn(*args))
+    return (*run(_k_rowwise, u, a, px, bl, _probability_step(up)), 1.0)

@@ -1,0 +1,135 @@
+"""The MVM: aihwkit's pure-torch ``AnalogMVM`` with the per-vector iterative bound management of
+aihwkit's C++ tiles and in-place DAC/ADC quantisation; :class:`_seeded` runs it on the engine's
+random stream."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .rng import _Rng
+
+def _quantize_(x: Tensor, res: float, bound: float) -> Tensor:
+    """aihwkit's UniformQuantize (deterministic rounding) in place: ``res`` states (or a step) over
+    ``[-bound, bound]``; same operations in the same order, so the same values."""
+    res = 1 / res if res > 1.0 else res
+    res *= 2 * bound
+    return x.div_(res).round_().mul_(res)
+
+
+@functools.lru_cache(maxsize=None)
+def _analog_mvm() -> type:
+    """aihwkit's pure-torch ``AnalogMVM`` with the bound management of aihwkit's C++ tiles.
+
+    Iterative bound management retries an MVM at half the input scale when an output clips at the
+    ADC bound. ``AnalogMVM`` tests the whole batch and retries all of it; the C++ tile (the reference)
+    computes one vector at a time and retries only the vectors that clip. The others keep their
+    scale, hence their output noise relative to the signal (half of what a batch-wide retry leaves
+    them). This subclass does the retry per vector; everything else is aihwkit's.
+    """
+    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM, UniformQuantize
+
+    class PerVectorAnalogMVM(AnalogMVM):
+        @classmethod
+        def _finalize_output(cls, out_values: Tensor, io_pars: Any, out_noise_values: Tensor | None = None,
+                             **kwargs: Any):
+            """AnalogMVM._finalize_output with the bound test per vector (last dimension)."""
+            if io_pars.bound_management != BoundManagementType.ITERATIVE:
+                return super()._finalize_output(out_values, io_pars, out_noise_values, **kwargs)
+            bound = io_pars.out_bound if io_pars.out_bound > 0 else float("inf")
+            if io_pars.out_asymmetry != 0.0:
+                out_values[out_values < 0] *= 1.0 - io_pars.out_asymmetry
+            if io_pars.out_noise > 0.0 or out_noise_values is not None:
+                if out_noise_values is None:
+                    out_values += io_pars.out_noise * torch.randn_like(out_values)
+                else:
+                    out_values += torch.randn_like(out_values) * out_noise_values.view(
+                        1, -1, *((1,) * (out_values.ndim - 2)))
+            if io_pars.out_res > 0:
+                if io_pars.out_sto_round:
+                    out_values = UniformQuantize.apply(out_values, io_pars.out_res, io_pars.out_bound, True)
+                else:  # UniformQuantize's operations, in place (out_values is this MVM's own tensor)
+                    _quantize_(out_values, io_pars.out_res, io_pars.out_bound)
+            passed = out_values.abs().amax(dim=-1) <= bound  # = all(-bound <= o <= bound), NaN fails
+            return passed, out_values.clamp_(min=-bound, max=bound)
+
+        @classmethod
+        def _prepare_input(cls, input_: Tensor, scale: Tensor, scaling: bool, with_asymmetry: bool,
+                           io_pars: Any) -> Tensor:
+            """AnalogMVM._prepare_input (the DAC: scale, quantise, clip) without its three copies of the
+            input: the same operations in place, so the same values (a test compares them). Input
+            noise, asymmetry and stochastic rounding take aihwkit's own path."""
+            if io_pars.inp_noise > 0.0 or with_asymmetry or (io_pars.inp_res > 0 and io_pars.inp_sto_round):
+                return super()._prepare_input(input_, scale, scaling, with_asymmetry, io_pars)
+            x = input_ * scale if scaling else input_.clone()
+            if io_pars.inp_res > 0:
+                _quantize_(x, io_pars.inp_res, io_pars.inp_bound)
+            if io_pars.inp_bound > 0:  # aihwkit: where(|x| <= bound, x, clamp(x)), the same values
+                x.clamp_(-io_pars.inp_bound, io_pars.inp_bound)
+            return x
+
+        @classmethod
+        def matmul(cls, weight: Tensor, input_: Tensor, io_pars: Any, trans: bool = False, is_test: bool = False,
+                   **fwd_pars: Any) -> Tensor:
+            if (io_pars.is_perfect or io_pars.mv_type == AnalogMVType.IDEAL
+                    or io_pars.bound_management != BoundManagementType.ITERATIVE):
+                return super().matmul(weight, input_, io_pars, trans, is_test, **fwd_pars)
+            if input_.ndim != 2:  # vectors along the last dimension
+                flat = cls.matmul(weight, input_.reshape(-1, input_.shape[-1]), io_pars, trans, is_test, **fwd_pars)
+                return flat.reshape(*input_.shape[:-1], flat.shape[-1])
+            n, n_out = input_.shape[0], weight.shape[int(trans)]
+            nm = cls._compute_noise_management(input_=input_, nm_type=io_pars.noise_management, io_pars=io_pars)
+            nm = (nm.clone() if isinstance(nm, Tensor)
+                  else torch.full((n, 1), float(nm), device=input_.device, dtype=input_.dtype))
+            if io_pars.inp_noise <= 0.0 and bool((nm == 0.0).all()):
+                return torch.zeros(n, n_out, device=input_.device, dtype=input_.dtype)
+            nm[nm <= 0.0] = 1.0
+            inp_res = io_pars.inp_res
+            if inp_res > 0:
+                inp_res = (1 / inp_res if inp_res > 1.0 else inp_res) * 2.0 * io_pars.inp_bound
+            out: Tensor | None = None
+            pending: Tensor | None = None  # rows still to retry; None: the first pass, all rows
+            reduction = 1.0  # the input scale is divided by this (doubled per retry), as in the C++
+            while pending is None or pending.numel():
+                rows = (lambda t: t) if pending is None else (lambda t: t[pending])
+                scale = 1.0 / (rows(nm) * reduction)
+                passed, o = cls._compute_analog_mv(weight=weight, input_=rows(input_), trans=trans, scale=scale,
+                                                   scaling=True, is_test=is_test, io_pars=io_pars, **fwd_pars)
+                o = o * (io_pars.out_scale / scale)
+                if reduction > io_pars.max_bm_factor or (inp_res > 0 and reduction > io_pars.max_bm_res / inp_res):
+                    passed = torch.ones_like(passed)  # give up: keep the clipped outputs
+                if pending is None:  # the failed rows are overwritten by their retries
+                    out, pending = o, (~passed).nonzero().squeeze(1)
+                else:
+                    out[pending[passed]] = o[passed]
+                    pending = pending[~passed]
+                reduction *= 2.0
+            return out
+
+    return PerVectorAnalogMVM
+
+
+class _seeded:
+    """Run aihwkit's AnalogMVM (global-RNG noise) on a seed drawn from the engine's generator,
+    leaving the global RNG as it was."""
+
+    def __init__(self, rng: _Rng):
+        self.rng = rng
+        self.fork = None
+
+    def __enter__(self) -> None:
+        dev = self.rng.device
+        devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        self.fork = torch.random.fork_rng(devices=devices)
+        self.fork.__enter__()
+        seed = self.rng.seed()
+        torch.manual_seed(seed)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed(seed)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fork.__exit__(*exc)

@@ -1,0 +1,46 @@
+"""The engine's MVM (analogff.engine.mvm): its in-place DAC and ADC stages equal aihwkit's AnalogMVM."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from analogff.devices import list_devices, load_device
+
+DEVICES = Path(__file__).resolve().parents[1] / "devices"
+PROFILES = list_devices(DEVICES)
+IN, OUT = 64, 32
+
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_forward_dac_and_adc_stages_equal_aihwkits(path):
+    """The engine's in-place DAC (``_prepare_input``) and ADC quantisation give exactly aihwkit's
+    AnalogMVM values, inputs beyond the DAC range, zeros and NaN included."""
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+    from analogff.engine.mvm import _analog_mvm
+
+    mvm = _analog_mvm()
+    io = load_device(path).rpu_config().forward
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, IN, generator=g) * 3
+    x[0, :4] = torch.tensor([0.0, -0.0, float("nan"), 1.0])
+    scale = torch.rand(16, 1, generator=g) + 0.2
+    for scaling in (True, False):
+        want = AnalogMVM._prepare_input(x, scale, scaling, io.inp_asymmetry != 0.0, io)
+        got = mvm._prepare_input(x, scale, scaling, io.inp_asymmetry != 0.0, io)
+        assert torch.equal(want.isnan(), got.isnan()) and torch.equal(want.nan_to_num(), got.nan_to_num())
+    assert torch.isfinite(x[1:]).all()  # the input is left as it was
+    y = torch.randn(16, OUT, generator=g) * 15
+    y[3] = 40.0  # one vector past the ADC bound
+    quiet = copy.deepcopy(io)
+    quiet.out_noise = 0.0
+    passed_a, want = AnalogMVM._finalize_output(y.clone(), quiet)
+    passed, got = mvm._finalize_output(y.clone(), quiet)
+    assert torch.equal(want, got)
+    if quiet.out_bound > 0 and str(quiet.bound_management).endswith("ITERATIVE"):
+        assert not bool(passed[3]) and bool(passed_a) is False
