@@ -88,6 +88,8 @@ __all__ = [
     "WALDEN_POINTS",
     "HOROWITZ_45NM_J",
     "hermes_calibration",
+    "ambrogio_calibration",
+    "sram_J_per_byte_for",
     "digital_mac_bound",
     "h100_peak_J_per_mac",
     "isaac_constants",
@@ -725,6 +727,43 @@ def hermes_calibration(adc_point: str = "median", mode: str = "one_phase", read_
         "modelled_TOPS_per_W": modelled, "published_TOPS_per_W": published, "ratio": modelled / published,
         "breakdown_J": report.breakdown_J, "adc_J": model.adc_J, "dac_J": model.dac_J,
     }
+
+
+#: Published figures of IBM's 14 nm analog-AI speech chip (Ambrogio et al., Nature 620, 768-775
+#: (2023); abstract, Fig. 1 and Extended Data Fig. 7, read on nature.com): 34 tiles of 512 x 2,048 PCM
+#: devices, 4 PCMs per weight (Fig. 1g, "used in this paper"), 8-bit inputs as pulse durations
+#: (Fig. 1d), outputs re-converted to 8 bits, a time step of 300 ns (Ext. Data Fig. 7d), up to 12.4
+#: TOPS/W chip-sustained. No constant of the model was chosen from this chip.
+AMBROGIO_PUBLISHED = {"tiles": 34, "rows": 512, "device_cols": 2048, "devices_per_weight": 4,
+                      "time_step_s": 300e-9, "TOPS_per_W": 12.4}
+
+
+def ambrogio_calibration(adc_point: str = "median", read_voltage_V: float = 0.2, mean_g_fraction: float = 0.25,
+                         input_activity: float = 0.5, constants: EnergyConstants | None = None) -> dict[str, Any]:
+    """Model one MVM of a tile of IBM's analog-AI speech chip and compare with its 12.4 TOPS/W.
+
+    An independent check: no constant was chosen from this chip (the ADC point was chosen, if at all,
+    from HERMES). Configuration: from the paper, 512 rows x 512 weights per tile (2,048 PCMs, 4 per
+    weight), 8-bit inputs and outputs, one MVM per 300 ns time step (the MAC integration is taken to
+    last the whole step: an upper bound on the array's read energy). Assumed as for HERMES: the same
+    IBM 14 nm PCM device (g_max 10.35 uS, mean conductance ``mean_g_fraction`` x g_max), 0.2 V reads,
+    duty cycle ``input_activity``, one fp16 multiply-add and op per output, 8-bit values from an 8 KB
+    SRAM. The chip's duration-based output conversion is priced as an ADC at ``adc_point``.
+    """
+    pub = AMBROGIO_PUBLISHED
+    rows, cols = pub["rows"], pub["device_cols"] // pub["devices_per_weight"]
+    base = constants if constants is not None else EnergyConstants()
+    c = base.with_overrides(adc_model="murmann", adc_point=adc_point, t_read_s=pub["time_step_s"],
+                            digital_precision="fp16", sram_model="horowitz", sram_capacity_bytes=8 << 10)
+    model = EnergyModel(c, dac_bits=8, adc_bits=8, read_voltage_V=read_voltage_V, g_min_S=0.0,
+                        g_max_S=HERMES_G_MAX_DEVICE_S)
+    report = model.tile_mvm_energy(rows, cols, devices_per_weight=pub["devices_per_weight"],
+                                   mean_g_S=mean_g_fraction * HERMES_G_MAX_DEVICE_S, input_activity=input_activity,
+                                   digital_macs_per_output=1, digital_ops_per_output=1, sram_bytes_per_value=1)
+    modelled = 2 * rows * cols / report.total_J / 1e12
+    return {"adc_point": adc_point, "energy_per_mvm_J": report.total_J, "modelled_TOPS_per_W": modelled,
+            "published_TOPS_per_W": pub["TOPS_per_W"], "ratio": modelled / pub["TOPS_per_W"],
+            "breakdown_J": report.breakdown_J}
 
 
 # ---------------------------------------------------------------------------------------------
