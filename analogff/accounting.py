@@ -51,21 +51,29 @@ SOFTMAX_CE_OPS_PER_CLASS = 5
 
 @dataclass(frozen=True)
 class Optimizer:
-    """Per-parameter cost of one optimiser step: element-wise ops and state values kept."""
+    """Per-parameter cost of one optimiser step, by kind, and the state values it keeps."""
 
-    ops_per_param: int  #: element-wise ops of the step, all counted as ``digital_ops`` (see below)
+    adds_per_param: int  #: adds / subtractions (``digital_ops``)
+    mults_per_param: int  #: multiplies (``digital_mults``)
+    special_per_param: int  #: square roots, divides (``digital_special_ops``)
     state_per_param: int  #: optimiser state values per parameter (read and written every step)
 
 
-#: torch's foreach implementations. Adam: m <- lerp(m, g, 1-b1) (2), v <- b2 v + (1-b2) g^2 (3),
-#: denom = sqrt(v)/sqrt(bc2) + eps (3), p <- p - step * m / denom (2) = 10. SGD: p <- p - lr g (2).
-#: SGD with momentum: buf <- mu buf + g (2), p <- p - lr buf (2) = 4. The analog periphery uses the
-#: same entry for the update it transfers to the array (the array then applies it as pulses).
+#: Adam: m <- b1 m + (1-b1) g (2 multiplies, 1 add), v <- b2 v + (1-b2) g^2 (3, 1),
+#: denom = sqrt(v) / sqrt(bc2) + eps (a root, 1 multiply, 1 add), p <- p - (lr/bc1) m / denom
+#: (a divide, 1 multiply, 1 add): 4 adds, 7 multiplies, 2 special. SGD: p <- p - lr g (1, 1).
+#: SGD with momentum: buf <- mu buf + g, p <- p - lr buf (2, 2). The analog periphery uses the same
+#: entry for the update it transfers to the array (which then applies it as pulses).
 OPTIMIZERS: dict[str, Optimizer] = {
-    "sgd": Optimizer(2, 0),
-    "momentum": Optimizer(4, 1),
-    "adam": Optimizer(10, 2),
+    "sgd": Optimizer(1, 1, 0, 0),
+    "momentum": Optimizer(2, 2, 0, 1),
+    "adam": Optimizer(4, 7, 2, 2),
 }
+
+
+def _optimizer_ops(o: Optimizer, n: int) -> OpCounts:
+    return OpCounts(digital_ops=o.adds_per_param * n, digital_mults=o.mults_per_param * n,
+                    digital_special_ops=o.special_per_param * n)
 _ALIASES = {"sgd_momentum": "momentum"}
 
 
@@ -111,8 +119,7 @@ def optimizer_step(optimizer_name: str, n_params: int, in_dram: bool = False) ->
     """One optimiser step of a digital layer: element-wise ops, and the resident traffic of the
     gradient (written, read), the weights (read, written) and each state value (read, written)."""
     o = optimizer(optimizer_name)
-    return OpCounts(digital_ops=o.ops_per_param * n_params) \
-        + resident_state(BYTES_PER_VALUE * (4 + 2 * o.state_per_param) * n_params, in_dram)
+    return _optimizer_ops(o, n_params) + resident_state(BYTES_PER_VALUE * (4 + 2 * o.state_per_param) * n_params, in_dram)
 
 
 def digital_update(b: int, n_in: int, n_out: int, optimizer_name: str, bias: bool = True,
@@ -136,7 +143,8 @@ def analog_update(rule: str, b: int, rows: int, n_out: int, in_dram: bool = Fals
     """The analog periphery's part of an update ``W <- W - lr U`` on a ``rows x n_out`` array
     (``rows`` includes the bias row): x and d streamed to the drivers, and for
 
-    * ``"sgd"``: nothing else (the array forms lr d^T x itself with pulses);
+    * ``"sgd"``, ``"onarray"``: nothing else (the array forms lr d^T x itself with pulses; a transfer
+      compound's own periphery work, H and its reads, is counted by the crossbar);
     * ``"normalized"``: the RMS of d^T x (through the Gram matrices when ``gram``, else formed), a
       divide and a square root, and d rescaled (``b n_out`` multiplies);
     * ``"momentum"`` / ``"adam"``: d^T x formed digitally, then the optimiser's element-wise work and
@@ -145,7 +153,7 @@ def analog_update(rule: str, b: int, rows: int, n_out: int, in_dram: bool = Fals
     """
     c = analog_periphery_io(b, rows, n_out)
     n = rows * n_out
-    if rule == "sgd":
+    if rule in ("sgd", "onarray"):  # onarray: the transfer compound's periphery work is the crossbar's
         return c
     if rule == "normalized":
         if gram is None:
@@ -156,8 +164,7 @@ def analog_update(rule: str, b: int, rows: int, n_out: int, in_dram: bool = Fals
         return c
     o = optimizer(rule)
     c.digital_macs += b * n
-    c.digital_ops += o.ops_per_param * n
-    return c + resident_state(BYTES_PER_VALUE * 2 * o.state_per_param * n, in_dram)
+    return c + _optimizer_ops(o, n) + resident_state(BYTES_PER_VALUE * 2 * o.state_per_param * n, in_dram)
 
 
 def crossbar_forward(b: int, rows: int, cols: int, devices_per_weight: int = 2) -> OpCounts:

@@ -279,7 +279,8 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
             train_counts = total_counts(net)  # training only: evaluation went to net.eval_counters
             samples = n_train * cfg.epochs
             train = model.energy(train_counts).per_sample(samples)
-            infer = model.energy(extra.pop("inference_counts")).per_sample(n_test)
+            inf_counts = extra.pop("inference_counts")
+            infer = model.energy(inf_counts).per_sample(n_test)
             history = extra.pop("history")
             eval_counts = getattr(net, "eval_counters", None) or OpCounts()
             eval_samples = sum(int(h.get("eval_samples") or 0) for h in history)
@@ -292,6 +293,8 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
                 "energy_breakdown_J": train.breakdown_J,
                 "inference_energy_breakdown_J": infer.breakdown_J,
                 "counters": train_counts.as_dict(),
+                "inference_counters": inf_counts.as_dict(),
+                "resident_state_bytes": _resident_state(net, cfg.batch_size),
                 "samples_trained": samples,
                 "eval_counters": eval_counts.as_dict(),
                 "eval_samples": eval_samples,
@@ -309,6 +312,18 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
     write_atomic(out / "results.json", json.dumps(results, indent=1, default=_json_default))
     write_atomic(out / "metrics.csv", _csv_text(rows))
     return results
+
+
+def _resident_state(net, batch_size: int) -> dict[str, int]:
+    """The residency rule's input (analogff.accounting): bytes kept between steps in training and
+    in inference (for benchmarks/energy_sensitivity.py to move them between SRAM and DRAM)."""
+    if hasattr(net, "resident_bytes"):  # FFNet
+        return {"training": int(net.resident_bytes), "inference": int(net.inference_resident_bytes)}
+    if hasattr(net, "peak_memory"):  # BPNet
+        pm = net.peak_memory(batch_size)
+        return {"training": int(pm["weights_bytes"] + pm["gradients_bytes"] + pm["optimizer_state_bytes"]),
+                "inference": int(pm["weights_bytes"])}
+    return {"training": 0, "inference": 0}  # analog BP: weights on the arrays, plain SGD
 
 
 def _epoch_row(h: dict[str, Any]) -> dict[str, Any]:

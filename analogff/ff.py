@@ -288,7 +288,7 @@ class DigitalLayer(nn.Module):
         return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
 
 
-ANALOG_UPDATES = ("sgd", "normalized", "momentum", "adam")
+ANALOG_UPDATES = ("sgd", "normalized", "momentum", "adam", "onarray")
 
 
 class AnalogLayer(nn.Module):
@@ -304,7 +304,17 @@ class AnalogLayer(nn.Module):
     - ``"momentum"``: the periphery forms d^T x digitally, keeps M <- beta M + d^T x, and writes
       lr M to the array row by row (one rank-one pulse update per input row). State: M.
     - ``"adam"`` (the default): likewise with Adam's m, v and bias correction. State: m and v.
-      The only rule that reaches digital-FF accuracy on the shipped profiles (README).
+    - ``"onarray"``: on-array learning, for a profile whose preset is one of aihwkit's transfer
+      compounds (Tiki-Taka, TTv2, chopped TTv2, AGAD: ``analogff.engine.cells.transfer``). The
+      array's own pulsed update takes lr d^T x on the fast array A, and the compound moves it onto
+      the weights: every sample one column of A is read through the transfer ADC, integrated in a
+      digital buffer H and written onto the weights as single pulses where |H| crosses its
+      threshold. How FF's d meets the pulse trains: with the presets' ``auto_scale`` the pulse count
+      learning rate is divided by running means of each sample's max|x| and max|d|, so the pulse
+      trains follow d's direction and its size relative to the last ~100 batches, whatever its
+      absolute scale (FF's d shrinks by orders of magnitude as the losses saturate); lr scales the
+      transfer into H (how fast the weights follow A). State: what the algorithm keeps (H, AGAD's
+      references, the choppers), counted by the crossbar.
 
     ``crossbar``: any object with ``forward(x)``, ``update(x, d, lr)``, ``update_rows(u, lr)``
     (momentum, adam) and ``counters`` (tests
@@ -335,6 +345,12 @@ class AnalogLayer(nn.Module):
             crossbar = Crossbar(n_in + int(bias), n_out, device=device, seed=seed, engine=engine,
                                 init_range=init_range)
         self.xbar = crossbar
+        transfer = getattr(crossbar, "transfer", None)
+        if update == "onarray" and transfer is None:
+            prof = getattr(crossbar, "profile", None)
+            raise ValueError(f"analog update 'onarray' needs a transfer-compound preset (Tiki-Taka, TTv2, c-TTv2, AGAD); "
+                             f"profile {getattr(prof, 'name', '?')!r} uses {getattr(prof, 'preset', '?')}: pick e.g. "
+                             "devices/ecram_agad.toml, or another --analog-update")
         shape = (n_out, n_in + int(bias))
         if update in ("momentum", "adam"):
             self.register_buffer("m", torch.zeros(shape))
@@ -362,7 +378,7 @@ class AnalogLayer(nn.Module):
         gram = self.norm_stat == "rms" and b * (n_in + n_out) < n_in * n_out
         # the periphery's work for this rule: x, d to the drivers; d^T x, optimiser state (m, v)
         self.counters += cost.analog_update(self.update, b, n_in, n_out, self.state_in_dram, gram=gram)
-        if self.update == "sgd":
+        if self.update in ("sgd", "onarray"):  # the array's own update (onarray: A, then the transfer)
             self.xbar.update(x, d, lr)
             return
         if self.update == "normalized":
@@ -384,18 +400,29 @@ class AnalogLayer(nn.Module):
         # Row-by-row transfer: row i driven alone with the column errors U[:, i] applies U.
         self.xbar.update_rows(u, lr)
 
-    #: set by FFNet: True when the net's resident state (the periphery's m, v and the head)
-    #: exceeds the on-chip SRAM (analogff.accounting.state_in_dram, the rule of every method)
-    state_in_dram: bool = False
+    @property
+    def state_in_dram(self) -> bool:
+        """Set by FFNet: True when the net's resident state (the periphery's m, v or the unit cells'
+        H / chi, and the head) exceeds the on-chip SRAM (analogff.accounting.state_in_dram, the rule
+        of every method); the crossbar counts its cells' state traffic by the same answer."""
+        return self.__dict__.get("_state_in_dram", False)
+
+    @state_in_dram.setter
+    def state_in_dram(self, value: bool) -> None:
+        self.__dict__["_state_in_dram"] = bool(value)
+        if hasattr(self.xbar, "state_in_dram"):
+            self.xbar.state_in_dram = bool(value)
 
     @property
     def periphery_state_bytes(self) -> int:
-        """Digital state the periphery keeps between updates for this layer, in bytes."""
+        """Digital state the periphery keeps between updates for this layer, in bytes: the rule's
+        (m, v) and the unit cells' (a transfer compound's H and references, a mixed-precision chi)."""
         n = self.n_out * (self.n_in + int(self.bias))
-        if self.update in ("sgd", "normalized"):
-            return 0
+        cells = int(getattr(self.xbar, "periphery_state_bytes", 0))
+        if self.update in ("sgd", "normalized", "onarray"):
+            return cells
         state = cost.optimizer(self.update).state_per_param * cost.BYTES_PER_VALUE * n
-        return state + (8 if self.update == "adam" else 0)  # Adam's step counter
+        return cells + state + (8 if self.update == "adam" else 0)  # Adam's step counter
 
     @property
     def resident_bytes(self) -> int:
@@ -453,12 +480,22 @@ class FFNet(nn.Module):
         n_head_in = sum(dims[1 + self.head_from:])
         self.head = (DigitalLayer(n_head_in, cfg.num_classes, lr=cfg.head_lr, optimizer="adam",
                                   generator=gen, counters=self.counters) if cfg.head else None)
-        # One residency rule for every method: the resident state (digital layers' weights, gradients
-        # and optimiser state, the analog periphery's m and v, the head's) in SRAM if it fits, else DRAM.
+        # One residency rule for every method: the resident state in SRAM if it fits, else DRAM. In
+        # training: the digital layers' weights, gradients and optimiser state, the analog periphery's
+        # m and v, the head's; in inference (eval mode): the digital weights only.
         stateful = [*layers, *([self.head] if self.head is not None else [])]
         self.resident_bytes = sum(lay.resident_bytes for lay in stateful)
-        for lay in stateful:
-            lay.state_in_dram = cost.state_in_dram(self.resident_bytes)
+        self.inference_resident_bytes = sum(cost.BYTES_PER_VALUE * lay.n_params for lay in stateful
+                                            if isinstance(lay, DigitalLayer))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FFNet":
+        """nn.Module.train, and the residency of the phase: training or inference state."""
+        super().train(mode)
+        in_dram = cost.state_in_dram(self.resident_bytes if mode else self.inference_resident_bytes)
+        for lay in [*self.layers, *([self.head] if self.head is not None else [])]:
+            lay.state_in_dram = in_dram
+        return self
 
     # -- which layers feed prediction -----------------------------------------------------------
     @property

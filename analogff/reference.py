@@ -23,7 +23,7 @@ are ``accounting.BYTES_PER_VALUE`` = 4 bytes, fp32, matching the energy model's 
       the exp and the log are ``digital_special_ops``, the rest ``digital_ops``);
     - backward: loss gradient (softmax - one-hot) ``B x classes``, ReLU mask ``B n_out`` per hidden
       layer, bias gradient ``B n_out`` per layer;
-    - optimiser step: ``ops_per_param x parameters`` (see :data:`analogff.accounting.OPTIMIZERS`).
+    - optimiser step: adds, multiplies and special ops per parameter (:data:`analogff.accounting.OPTIMIZERS`).
 * memory traffic: the "resident state" (weights + gradients + optimiser state) lives in on-chip SRAM
   if it fits in ``sram_capacity_bytes`` (default 1 MiB), otherwise in DRAM (and is streamed from there
   every mini-batch); activations are held in SRAM. Per mini-batch:

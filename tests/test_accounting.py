@@ -120,3 +120,16 @@ def test_one_residency_rule_and_one_optimiser_table():
     with pytest.raises(ValueError, match="optimizer"):
         cost.optimizer("lion")
 
+
+
+def test_inference_residency_is_the_weights_only():
+    """The same rule in inference, on the state inference keeps: the digital weights (BPNet does the same)."""
+    ana = FFNet([784, 500, 500], layer="analog", crossbar_factory=NominalCrossbar)
+    assert ana.head.state_in_dram  # training: m and v (5 MB) do not fit 1 MiB
+    ana.eval()
+    assert not ana.head.state_in_dram and ana.inference_resident_bytes == 4 * (500 * 10 + 10)
+    ana.train()
+    assert ana.head.state_in_dram
+    dig = FFNet([784, 500, 500], layer="digital").eval()
+    assert dig.layers[0].state_in_dram  # 2.6 MB of weights
+    assert BPNet([784, 500, 500, 10]).peak_memory(100)["inference_weights_in_sram"] is False

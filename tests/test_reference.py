@@ -45,8 +45,9 @@ def test_mac_counts_match_hand_formula():
     assert net.n_params == params
     # (the softmax cross-entropy's exp and log are special ops, the other 3 of its 5 ops adds/compares)
     want_ops = B * (outs + hidden + (SOFTMAX_CE_OPS_PER_CLASS - 2) * 3) + B * (3 + hidden + outs) \
-        + OPTIMIZERS["adam"].ops_per_param * params
-    assert c.digital_ops == want_ops and c.digital_special_ops == B * 2 * 3
+        + OPTIMIZERS["adam"].adds_per_param * params
+    assert c.digital_ops == want_ops
+    assert c.digital_special_ops == B * 2 * 3 + 2 * params and c.digital_mults == 7 * params  # Adam: root, divide
     inf = net.inference_counts(10)
     assert inf.digital_macs == 10 * fwd
     assert inf.digital_ops == 10 * (outs + hidden + 3)
