@@ -82,6 +82,7 @@ class ExperimentConfig:
     predict: str = "goodness"  #: FF prediction for test accuracy and inference energy: goodness | softmax
     train_limit: int | None = None  #: use the first N training samples (smoke tests)
     test_limit: int | None = None  #: use the first N test samples (smoke tests)
+    threads: int | None = None  #: torch.set_num_threads(threads) for the run; None: torch's default
     ff: FFConfig = field(default_factory=FFConfig)  #: Forward-Forward options (analogff.ff.FFConfig);
     #: its seed, engine and analog_update are those above, lr is ff_lr_analog / ff_lr_digital per method
 
@@ -122,6 +123,54 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# the environment a run ran in (results.json "environment")
+# ---------------------------------------------------------------------------------------------
+def environment() -> dict[str, Any]:
+    """What the numbers of a run depend on besides its config: code version, library versions,
+    threads, CPU, GPU, compile mode. Same config + same environment gives the same numbers (torch
+    engine); another thread count or CPU may move the last digits (README, "Reproducibility")."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    status = git("status", "--porcelain", "--untracked-files=no")
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(), "torch": torch.__version__, "aihwkit": version("aihwkit"),
+        "numpy": version("numpy"), "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "cpu": cpu, "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cuda_device": cuda, "torch_cuda": torch.version.cuda,
+        "analogff_compile": os.environ.get("ANALOGFF_COMPILE", "auto"),
+        "analogff_compile_rule": "0: eager; 1: compiled; auto: compiled on tiles of >= 65536 devices",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +295,8 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
     """Train every method of ``cfg`` on one device profile; write results.json and metrics.csv."""
     from .energy import EnergyModel, OpCounts, total_counts
 
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     profile = _profile(cfg)
     data = _data(cfg)
     out = Path(cfg.out)
@@ -257,7 +308,7 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
     results: dict[str, Any] = {
         "config": asdict(cfg), "dataset": cfg.dataset, "device_profile": profile.to_dict(),
         "energy_model": {"analog": analog_model.as_dict(), "digital": digital_model.as_dict()},
-        "n_train": n_train, "n_test": n_test, "methods": {},
+        "n_train": n_train, "n_test": n_test, "environment": environment(), "methods": {},
     }
     rows: list[dict[str, Any]] = []
     for name in cfg.methods:
@@ -439,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=_positive, default=None, help="use only the first N training samples")
     p.add_argument("--test-limit", type=_positive, default=None, help="use only the first N test samples")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--threads", type=_positive, default=d.threads, help="torch threads (default: torch's)")
     return p
 
 
@@ -469,7 +521,7 @@ def configs_from_args(args: argparse.Namespace) -> list[ExperimentConfig]:
                 out=str(Path(base) / sub) if sweep else base, drift_times=list(args.drift_times),
                 engine=args.engine, adc_bits=bits, analog_update=args.analog_update,
                 ff_lr_analog=args.ff_lr_analog, ff_lr_digital=args.ff_lr_digital, predict=args.predict,
-                train_limit=args.train_limit, test_limit=args.test_limit))
+                train_limit=args.train_limit, test_limit=args.test_limit, threads=getattr(args, "threads", None)))
     return out
 
 

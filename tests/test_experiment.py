@@ -175,3 +175,24 @@ def test_keep_freed_memory_reuses_freed_arrays_without_page_faults():
     for _ in range(3):
         faults()
     assert sum(faults() for _ in range(3)) < 200
+
+
+def test_results_record_environment_and_threads(run_dir, tmp_path):
+    import torch
+
+    env = json.loads((run_dir / "results.json").read_text())["environment"]
+    for key in ("git_commit", "git_dirty", "python", "torch", "aihwkit", "torch_threads", "cpu", "cuda_device",
+                "analogff_compile"):
+        assert key in env, key
+    assert env["torch"] == torch.__version__ and env["aihwkit"] == "1.2.0"
+    before = torch.get_num_threads()
+    try:
+        cfg = ExperimentConfig(**{**SMALL, "epochs": 1}, methods=["digital_bp"], threads=1, out=str(tmp_path / "t"))
+        res = run_one(cfg)
+        assert torch.get_num_threads() == 1 and res["environment"]["torch_threads"] == 1
+        assert res["config"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    from analogff.experiment import build_parser
+
+    assert build_parser().parse_args(["--threads", "3"]).threads == 3
