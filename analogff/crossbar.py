@@ -162,6 +162,7 @@ class Crossbar(nn.Module):
         self._counters = OpCounts()
         self._read_pending: Tensor | None = None  # read energy not yet added to counters (no GPU sync)
         self._gsum_cache: Tensor | None = None
+        self._gsum_out: tuple[Tensor, Tensor] | None = None  # (per-output sums, the _gsum_cache they go with)
         self._inv_bounds: tuple[Tensor, Tensor, bool] | None = None
         self._drift: dict[str, Any] | None = None
 
@@ -181,6 +182,7 @@ class Crossbar(nn.Module):
         x2 = self._check_input(x, self.in_features, "x")
         self._count_forward(x2)
         y = self.engine.forward(x2, is_test=not self.training)
+        self._add_reads()  # bound-management retries
         return (y * self.w_scale).to(x.device).reshape(*x.shape[:-1], self.out_features)
 
     def update(self, x: Tensor, d: Tensor, lr: float) -> None:
@@ -229,6 +231,7 @@ class Crossbar(nn.Module):
                 c.update_pulses += int(self.engine.update_rows(d2.T, tile_lr))
             else:
                 c.update_pulses += int(self.engine.update(x2, d2, tile_lr))
+            self._add_reads()  # reads the update does (PCM refresh)
         else:
             if x2 is None:
                 x2 = torch.eye(self.in_features, dtype=d2.dtype, device=d2.device)
@@ -247,11 +250,17 @@ class Crossbar(nn.Module):
         """Transposed MVM d @ W (B, out) -> (B, in), through DAC and ADC. Only analog backprop uses it."""
         d2 = self._check_input(d, self.out_features, "d")
         b = d2.shape[0]
-        self.counters.backward_mvms += b
-        self.counters.backward_dac_conversions += b * self.out_features
-        self.counters.backward_adc_conversions += b * self.in_features
-        self.counters.device_reads += 2 * b * self.in_features * self.out_features
-        return self.engine.backward(d2) * self.w_scale
+        c = self._counters
+        c.backward_mvms += b
+        c.backward_dac_conversions += b * self.out_features
+        c.backward_adc_conversions += b * self.in_features
+        c.device_reads += 2 * b * self.in_features * self.out_features
+        # read power: the error drives the columns, scaled by the backward's noise management
+        self._add_read_energy(self._drive_energy(d2, getattr(self.rpu_config, "backward", self.rpu_config.forward),
+                                                 self._row_conductance_sums()))
+        dx = self.engine.backward(d2) * self.w_scale
+        self._add_reads(backward=True)
+        return dx
 
     # -- weights and conductances ----------------------------------------------------------------
     def get_weights(self) -> Tensor:
@@ -381,6 +390,16 @@ class Crossbar(nn.Module):
             self._gsum_cache = 2 * self.out_features * p.g_min_S + (p.g_max_S - p.g_min_S) * rel
         return self._gsum_cache
 
+    def _row_conductance_sums(self) -> Tensor:
+        """sum_i (G+_ji + G-_ji) for every output column j, (out,) float64 in S (cached like
+        :meth:`_column_conductance_sums`; the transposed MVM drives the columns)."""
+        gsum_in = self._column_conductance_sums()
+        if self._gsum_out is None or self._gsum_out[1] is not gsum_in:
+            p = self.profile.physics
+            rel = self._relative_conductance_sum().sum(1, dtype=torch.float64)
+            self._gsum_out = (2 * self.in_features * p.g_min_S + (p.g_max_S - p.g_min_S) * rel, gsum_in)
+        return self._gsum_out[0]
+
     def _count_forward(self, x: Tensor) -> None:
         b = x.shape[0]
         c = self._counters
@@ -388,19 +407,61 @@ class Crossbar(nn.Module):
         c.dac_conversions += b * self.in_features
         c.adc_conversions += b * self.out_features
         c.device_reads += 2 * b * self.in_features * self.out_features
-        # read power sum_i V_i^2 * sum_j (G+_ji + G-_ji): voltages are the DAC inputs scaled as the
-        # preset's noise management does (abs-max per vector) onto the read voltage. Accumulated on
-        # the engine's device and added to the counters when they are read (no host sync per MVM).
-        gsum = self._column_conductance_sums()
-        io = self.rpu_config.forward
+        self._add_read_energy(self._drive_energy(x, self.rpu_config.forward, self._column_conductance_sums()))
+
+    def _drive_energy(self, x: Tensor, io: Any, gsum: Tensor) -> Tensor:
+        """Read power of one pass of the vectors x (B, lines) driving lines whose conductance sums
+        are ``gsum`` (lines,): sum_i V_i^2 * gsum_i, the voltages being the DAC inputs scaled as the
+        preset's noise management does (abs-max per vector) onto the read voltage. On the engine's
+        device: added to the counters when they are read (no host sync per MVM)."""
+        b = x.shape[0]
         xd = x.detach().to(gsum.device, torch.float64)
         if str(getattr(io.noise_management, "name", "")) == "ABS_MAX":
             scale = xd.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
         else:
             scale = torch.full((b, 1), float(io.inp_bound), dtype=torch.float64, device=xd.device)
         v = (xd / scale).clamp(-1, 1) * self.profile.physics.read_voltage_V
-        e = (v.pow(2).sum(0) * gsum).sum()
+        return (v.pow(2).sum(0) * gsum).sum()
+
+    def _add_read_energy(self, e: Tensor) -> None:
         self._read_pending = e if self._read_pending is None else self._read_pending + e
+
+    def _add_reads(self, backward: bool = False) -> None:
+        """Add the reads the torch engine did beyond one pass per vector (bound-management retries,
+        PCM refresh, reads a cell adds: :meth:`analogff.engine.TorchPulsedEngine.take_reads`): their
+        MVMs, conversions and devices read (retries of a transposed MVM as backward ones), and their
+        read power: passes through this array priced with its conductances (per driven line), reads
+        of any array from their relative terms, V_read^2 (g_min v2 + (g_max - g_min) v2g_rel).
+        (aihwkit's own tiles retry in C++, out of sight: the aihwkit engine adds nothing here.)"""
+        take = getattr(self.engine, "take_reads", None)
+        if take is None:
+            return
+        r = take()
+        if not r:
+            return
+        c = self._counters
+        if backward:
+            c.backward_mvms += r.mvms
+            c.backward_dac_conversions += r.dac_conversions
+            c.backward_adc_conversions += r.adc_conversions
+        else:
+            c.mvms += r.mvms
+            c.dac_conversions += r.dac_conversions
+            c.adc_conversions += r.adc_conversions
+        c.device_reads += r.device_reads
+        p = self.profile.physics
+        v2 = p.read_voltage_V ** 2
+        if r.rows_v2 is not None:
+            gsum = self._column_conductance_sums()
+            self._add_read_energy(v2 * (r.rows_v2.to(gsum.device, torch.float64) * gsum).sum())
+        if r.cols_v2 is not None:
+            gsum = self._row_conductance_sums()
+            self._add_read_energy(v2 * (r.cols_v2.to(gsum.device, torch.float64) * gsum).sum())
+        if isinstance(r.v2, Tensor) or isinstance(r.v2g_rel, Tensor) or r.v2 or r.v2g_rel:
+            dev = next((t.device for t in (r.v2, r.v2g_rel) if isinstance(t, Tensor)), torch.device("cpu"))
+            self._add_read_energy(v2 * (p.g_min_S * torch.as_tensor(r.v2, dtype=torch.float64, device=dev)
+                                        + (p.g_max_S - p.g_min_S) * torch.as_tensor(r.v2g_rel, dtype=torch.float64,
+                                                                                     device=dev)))
 
     @staticmethod
     def _check_input(t: Tensor, size: int, name: str) -> Tensor:

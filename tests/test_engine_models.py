@@ -151,5 +151,5 @@ def test_registry_finds_every_shipped_model_and_lists_itself_when_refusing():
         for arr in (list(cell.devs) if hasattr(cell, "devs") else [cell.arr]):
             assert arr.kind in MODELS and arr.model.name == arr.kind
     with pytest.raises(ValueError, match=r"PowStepDevice is not implemented \(supported: ConstantStepDevice.*"
-                                         r"ExpStepDevice, MixedPrecisionCompound, OneSidedUnitCell\).*engine='aihwkit'"):
+                                         r"ExpStepDevice, .*OneSidedUnitCell.*\).*engine='aihwkit'"):
         model_for(PowStepDevice(), "here")

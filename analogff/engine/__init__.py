@@ -114,7 +114,29 @@ Layout (one concept a module):
   found through the registry ``cells.CELLS`` (keyed by the aihwkit compound class) by ``build_cell``;
 * :mod:`.mvm`: the MVM (``_analog_mvm()``, per-vector bound management; ``_seeded``);
 * :mod:`.engine`: :class:`TorchPulsedEngine`;
-* :mod:`.refuse`: ``_refuse(where, problem)``, the ValueError of everything not simulated.
+* :mod:`.refuse`: ``_refuse(where, problem)``, the ValueError of everything not simulated;
+* :mod:`.reads`: ``Reads``, the tally of array reads beyond one pass per vector.
+
+Counting reads. The crossbar counts one pass per vector of each ``forward`` / ``backward`` itself;
+every other read the simulation performs goes into the engine's :class:`~.reads.Reads` tally
+(``engine.reads``; each cell gets the same object as ``cell.reads``), and
+:meth:`TorchPulsedEngine.take_reads` returns and resets it after each engine call, the crossbar
+adding it to its counters (``Crossbar._add_reads``):
+
+* bound-management retries: :func:`.mvm._analog_mvm`'s ``matmul(..., reads=)`` adds each retry
+  pass (one MVM per retried vector, ``in`` DAC and ``out`` ADC conversions, ``2 in out`` devices)
+  with its per-row ``(V / V_read)^2`` (``Reads.add_own_pass``, ``rows_v2``), priced by the
+  crossbar with the conductances of its array;
+* the PCM refresh (:meth:`.cells.one_sided.OneSidedCell._count_refresh_reads`): both arrays read
+  column by column, ``Reads.add(mvms, dac_conversions, adc_conversions, device_reads, v2, v2g_rel)``;
+* a new cell that reads an array (a transfer reading its fast array A through its own IO) does the
+  same: ``self.reads.add(mvms=k, dac_conversions=..., adc_conversions=k * out, device_reads=...,
+  v2=sum over read devices of (V / V_read)^2, v2g_rel=sum of (V / V_read)^2 * g / g_span)``, ``g /
+  g_span`` the device's weight over its bound clipped to [0, 1] (``Crossbar._g_rel``'s mapping); the
+  crossbar adds ``V_read^2 (g_min v2 + (g_max - g_min) v2g_rel)`` to ``read_v2g_W``.
+
+Integer counts are host ints (no sync); ``v2`` / ``v2g_rel`` / ``rows_v2`` may be tensors on the
+engine's device, converted when the counters are read. Counting draws no random number.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from .cells import build_cell
 from .kernels import Kernels, _compile_default
 from .mvm import _analog_mvm, _seeded
 from .pulse_trains import _check_pulse_type
+from .reads import Reads
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -63,17 +64,25 @@ class TorchPulsedEngine:
         self.kernels = Kernels(bool(compile))
         self.cell = build_cell(rpu_config.device, (self.out_features, self.in_features), self.rng, self.preset, up,
                                 self.kernels)
+        self.reads = Reads()  # extra array reads (retries, refresh), see take_reads
+        self.cell.reads = self.reads
 
     # -- MVMs --------------------------------------------------------------------------------
     def forward(self, x: Tensor, is_test: bool = False) -> Tensor:
         x = x.detach().to(self.device, torch.float32)
         with torch.no_grad(), _seeded(self.rng):
-            return self._mvm.matmul(self.cell.weights(), x, self.f_io, False, is_test=is_test)
+            return self._mvm.matmul(self.cell.weights(), x, self.f_io, False, is_test=is_test, reads=self.reads)
 
     def backward(self, d: Tensor) -> Tensor:
         d = d.detach().to(self.device, torch.float32)
         with torch.no_grad(), _seeded(self.rng):
-            return self._mvm.matmul(self.cell.weights(), d, self.b_io, True, is_test=False)
+            return self._mvm.matmul(self.cell.weights(), d, self.b_io, True, is_test=False, reads=self.reads)
+
+    def take_reads(self) -> Reads:
+        """The array reads performed beyond one pass per vector of :meth:`forward` / :meth:`backward`
+        since the last call (bound-management retries, PCM refresh reads, reads a cell adds), as a
+        :class:`~analogff.engine.reads.Reads`; the tally is reset. The crossbar adds it to its counters."""
+        return self.reads.take()
 
     # -- update ------------------------------------------------------------------------------
     def update(self, x: Tensor, d: Tensor, lr: float) -> int:

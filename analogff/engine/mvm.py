@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .reads import Reads, normalised_input
 from .rng import _Rng
+
 
 def _quantize_(x: Tensor, res: float, bound: float) -> Tensor:
     """aihwkit's UniformQuantize (deterministic rounding) in place: ``res`` states (or a step) over
@@ -74,12 +76,17 @@ def _analog_mvm() -> type:
 
         @classmethod
         def matmul(cls, weight: Tensor, input_: Tensor, io_pars: Any, trans: bool = False, is_test: bool = False,
-                   **fwd_pars: Any) -> Tensor:
+                   reads: Reads | None = None, **fwd_pars: Any) -> Tensor:
+            """aihwkit's ``AnalogMVM.matmul`` with per-vector iterative bound management. ``reads``:
+            every retry pass (beyond the first pass of each vector) is added to it, with the row
+            voltages of its halved input scale (:meth:`Reads.add_own_pass`); no extra host sync (the
+            loop knows how many vectors it retries)."""
             if (io_pars.is_perfect or io_pars.mv_type == AnalogMVType.IDEAL
                     or io_pars.bound_management != BoundManagementType.ITERATIVE):
                 return super().matmul(weight, input_, io_pars, trans, is_test, **fwd_pars)
             if input_.ndim != 2:  # vectors along the last dimension
-                flat = cls.matmul(weight, input_.reshape(-1, input_.shape[-1]), io_pars, trans, is_test, **fwd_pars)
+                flat = cls.matmul(weight, input_.reshape(-1, input_.shape[-1]), io_pars, trans, is_test, reads=reads,
+                                  **fwd_pars)
                 return flat.reshape(*input_.shape[:-1], flat.shape[-1])
             n, n_out = input_.shape[0], weight.shape[int(trans)]
             nm = cls._compute_noise_management(input_=input_, nm_type=io_pars.noise_management, io_pars=io_pars)
@@ -97,7 +104,10 @@ def _analog_mvm() -> type:
             while pending is None or pending.numel():
                 rows = (lambda t: t) if pending is None else (lambda t: t[pending])
                 scale = 1.0 / (rows(nm) * reduction)
-                passed, o = cls._compute_analog_mv(weight=weight, input_=rows(input_), trans=trans, scale=scale,
+                x = rows(input_)
+                if pending is not None and reads is not None:  # a retry: one more pass of these vectors
+                    reads.add_own_pass(normalised_input(x, scale, io_pars), n_out, trans)
+                passed, o = cls._compute_analog_mv(weight=weight, input_=x, trans=trans, scale=scale,
                                                    scaling=True, is_test=is_test, io_pars=io_pars, **fwd_pars)
                 o = o * (io_pars.out_scale / scale)
                 if reduction > io_pars.max_bm_factor or (inp_res > 0 and reduction > io_pars.max_bm_res / inp_res):

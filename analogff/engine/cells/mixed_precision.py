@@ -11,6 +11,7 @@ from torch import Tensor
 from ..device_array import DeviceArray
 from ..kernels import Kernels
 from ..pulse_trains import _probabilities, _train_constants, weight_granularity
+from ..reads import Reads
 from ..refuse import _refuse
 from ..rng import _Rng
 
@@ -33,6 +34,8 @@ def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, r
 
 class MixedPrecisionCell:
     """aihwkit's MixedPrecisionCompound: digital chi accumulator, thresholded pulsed transfer."""
+
+    reads: Reads | None = None  #: the engine's read tally (set by the engine)
 
     def __init__(self, cfg: Any, shape: tuple[int, int], rng: _Rng, where: str, up: Any, kernels: Kernels):
         inner = cfg.device

@@ -13,6 +13,7 @@ from ..kernels import Kernels
 from ..moments import _coincidence_moments, _rowwise_moments
 from ..mvm import _seeded
 from ..pulse_trains import _check_pulse_type, _probabilities, _train_constants, weight_granularity
+from ..reads import Reads
 from ..refuse import _refuse
 from ..rng import _Rng, _unpack
 
@@ -37,6 +38,8 @@ def _k_refresh_read(wp: Tensor, wm: Tensor, bits: Tensor, out_noise: float, res:
 
 class OneSidedCell:
     """aihwkit's OneSidedUnitCell: w = w_1 - w_0, both devices only pulsed up, with refresh."""
+
+    reads: Reads | None = None  #: the engine's read tally (set by the engine)
 
     def __init__(self, cfg: Any, shape: tuple[int, int], rng: _Rng, where: str, up: Any, kernels: Kernels):
         devs = list(cfg.unit_cell_devices)
@@ -118,12 +121,33 @@ class OneSidedCell:
             _, out = self._mvm._finalize_output(out_values=w.clone(), io_pars=self.refresh_io)
         return out
 
+    def _count_refresh_reads(self) -> None:
+        """The refresh's reads, as the hardware does them: each device array is read column by
+        column through the refresh forward (aihwkit's refreshWeights: input e_i on row i, every
+        column through output noise and ADC), i.e. per array ``in`` MVMs, each driving one row (one
+        DAC conversion; the other rows are held at 0 V and read nothing) at the read voltage (unit
+        input) and converting ``out`` columns, reading the ``out`` devices of that row. Every device
+        of both arrays is read, whatever the simulation then looks at: the candidate pre-filter of
+        :meth:`_refresh` (pairs that cannot pass the thresholds are not simulated) is a shortcut of
+        the simulation, not of the hardware, so it does not reduce the count."""
+        if self.reads is None:
+            return
+        plus, minus = self.devs[1], self.devs[0]
+        n_out, n_in = plus.shape
+        # relative conductances with the crossbar's mapping for a one-sided pair: each device's
+        # (apparent) weight over its own upper bound, clipped to [0, 1]
+        g_rel = sum((dev.w * (1.0 / dev.bmax.abs().clamp(min=1e-12))).clamp(0, 1).sum(dtype=torch.float64)
+                    for dev in (plus, minus))
+        self.reads.add(mvms=2 * n_in, dac_conversions=2 * n_in, adc_conversions=2 * n_in * n_out,
+                       device_reads=2 * n_in * n_out, v2=2 * n_in * n_out, v2g_rel=g_rel)
+
     def _refresh(self, rng: _Rng) -> float:
         """OneSidedRPUDevice::refreshWeights, all columns at once."""
         plus, minus = self.devs[1], self.devs[0]
         w_max = abs(float(plus.cfg.w_max))
         w_min = abs(float(minus.cfg.w_max))  # also w_max, because of the one-sidedness
         hi, lo = float(self.cfg.refresh_upper_thres), float(self.cfg.refresh_lower_thres)
+        self._count_refresh_reads()
         plain = self._plain_read()
         if plain is not None:
             # only pairs whose devices are both near the lower threshold or above can be refreshed:

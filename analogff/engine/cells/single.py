@@ -11,12 +11,15 @@ from ..device_array import DeviceArray
 from ..kernels import Kernels
 from ..moments import _SECOND_MOMENT_SAMPLES, _coincidence_moments, _rowwise_moments
 from ..pulse_trains import weight_granularity
+from ..reads import Reads
 from ..refuse import _refuse
 from ..rng import _Rng
 
 
 class SingleCell:
     """One device per cross-point (ConstantStep, LinearStep, SoftBounds(Reference), ExpStep)."""
+
+    reads: Reads | None = None  #: the engine's read tally (set by the engine)
 
     def __init__(self, cfg: Any, shape: tuple[int, int], rng: _Rng, where: str, up: Any, kernels: Kernels):
         self.arr = DeviceArray(cfg, shape, rng, where, kernels)
