@@ -58,6 +58,26 @@ def keep_freed_memory() -> bool:
         return False
 
 
+class ConfigError(ValueError):
+    """A config value outside what the run supports; one line naming the field, the value and what is allowed."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str, message: str | None = None):
+        super().__init__(message or f"{field_name}={value!r} is not allowed: {allowed}")
+        self.field_name, self.value, self.allowed = field_name, value, allowed
+
+
+#: ADC resolutions the model supports: aihwkit's out_res = 1 / (2^bits - 2) needs >= 2 bits, and the
+#: energy model's ADC fit is extrapolated beyond its 6-8 bit data already at 16 (docs/energy.md, "ADC")
+ADC_BITS_RANGE = (2, 16)
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 60_000  #: the largest training set (MNIST, Fashion-MNIST)
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int, what: str = "an integer") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(name, value, f"{what} in {lo}..{hi}")
+
+
 @dataclass
 class ExperimentConfig:
     """Everything a run depends on (written into results.json so the run can be repeated)."""
@@ -91,6 +111,45 @@ class ExperimentConfig:
             self.ff = FFConfig(**self.ff)
         self.ff = replace(self.ff, seed=self.seed, engine=self.engine, analog_update=self.analog_update,
                           lr=self.ff_lr_analog)
+
+    def validate(self) -> "ExperimentConfig":
+        """Check every field against what the run supports; raises :class:`ConfigError` (one line:
+        the field, the value and what is allowed) on the first bad one. Returns self."""
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError("device", self.device, "a profile name or TOML path")
+        if self.dataset not in DATASETS:
+            raise ConfigError("dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        _int_in("epochs", self.epochs, 1, MAX_EPOCHS)
+        _int_in("batch_size", self.batch_size, 1, self.train_limit or MAX_BATCH_SIZE,
+                "an integer (at most the number of training samples)" if self.train_limit else "an integer")
+        if not isinstance(self.hidden, (list, tuple)) or not self.hidden:
+            raise ConfigError("hidden", self.hidden, "a non-empty list of layer widths")
+        for w in self.hidden:
+            _int_in("hidden", w, 1, 100_000, "layer widths, integers")
+        if not self.methods or any(m not in METHODS for m in self.methods) or len(set(self.methods)) < len(self.methods):
+            raise ConfigError("methods", self.methods, f"distinct names from {', '.join(METHODS)}")
+        _int_in("seed", self.seed, 0, 2**63 - 1)
+        for t in self.drift_times:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+                raise ConfigError("drift_times", self.drift_times, "finite seconds >= 0")
+        if self.engine not in ("torch", "aihwkit"):
+            raise ConfigError("engine", self.engine, "torch or aihwkit")
+        if self.adc_bits is not None:
+            _int_in("adc_bits", self.adc_bits, *ADC_BITS_RANGE, "an integer number of bits")
+        for name in ("ff_lr_digital", "ff_lr_analog", "bp_lr", "analog_bp_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(name, v, "a finite learning rate > 0")
+        if self.analog_update not in ANALOG_UPDATES:
+            raise ConfigError("analog_update", self.analog_update, f"one of {', '.join(ANALOG_UPDATES)}")
+        if self.predict not in ("goodness", "softmax"):
+            raise ConfigError("predict", self.predict, "goodness or softmax")
+        for name in ("train_limit", "test_limit"):
+            if getattr(self, name) is not None:
+                _int_in(name, getattr(self, name), 1, 10**9)
+        if self.threads is not None:
+            _int_in("threads", self.threads, 1, 4096)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,13 +354,18 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
     """Train every method of ``cfg`` on one device profile; write results.json and metrics.csv."""
     from .energy import EnergyModel, OpCounts, total_counts
 
+    cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     profile = _profile(cfg)
-    data = _data(cfg)
     out = Path(cfg.out)
     state = out / "state"
+    run_spec = _run_spec(cfg, profile)
+    if resume:
+        _check_resume(out, run_spec)  # before anything is read or written
+    data = _data(cfg)
     state.mkdir(parents=True, exist_ok=True)
+    write_atomic(state / "config.json", json.dumps(run_spec, indent=1))
     analog_model = EnergyModel.from_profile(profile)
     digital_model = EnergyModel()
     n_train, n_test = len(data["train"][1]), len(data["test"][1])
@@ -363,6 +427,38 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
     write_atomic(out / "results.json", json.dumps(results, indent=1, default=_json_default))
     write_atomic(out / "metrics.csv", _csv_text(rows))
     return results
+
+
+#: config fields a resumed run may change: where it is written, how many threads compute it
+RESUMABLE_FIELDS = ("out", "threads")
+
+
+def _run_spec(cfg: ExperimentConfig, profile) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (JSON-normalised)."""
+    conf = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
+    return json.loads(json.dumps({"config": conf, "device_profile": profile.to_dict()}, default=_json_default))
+
+
+def _check_resume(out: Path, spec: dict[str, Any]) -> None:
+    """Refuse to resume a run made with another config: ConfigError naming the first differing field."""
+    from .ff import first_difference
+
+    saved = out / "state" / "config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+    elif (out / "results.json").exists():  # a run from before state/config.json
+        res = json.loads((out / "results.json").read_text())
+        old = {"config": {k: v for k, v in res.get("config", {}).items() if k not in RESUMABLE_FIELDS},
+               "device_profile": res.get("device_profile")}
+    else:
+        return
+    diff = first_difference(old, spec)
+    if diff is not None:
+        key, was, now = diff
+        key = key.removeprefix("config.")
+        raise ConfigError(key, now, "the value of the run it resumes",
+                          f"--resume: {out} was run with {key}={was!r}; now {key}={now!r}: resume with the same "
+                          "settings, or start afresh with another --out")
 
 
 def _resident_state(net, batch_size: int) -> dict[str, int]:
@@ -522,6 +618,11 @@ def configs_from_args(args: argparse.Namespace) -> list[ExperimentConfig]:
                 engine=args.engine, adc_bits=bits, analog_update=args.analog_update,
                 ff_lr_analog=args.ff_lr_analog, ff_lr_digital=args.ff_lr_digital, predict=args.predict,
                 train_limit=args.train_limit, test_limit=args.test_limit, threads=getattr(args, "threads", None)))
+    for cfg in out:  # one line, exit 2, nothing written
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise SystemExit(f"mnist_analog.py: error: {exc}") from None
     return out
 
 
@@ -566,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:
         print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # e.g. --resume with another config
+        print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

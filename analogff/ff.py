@@ -766,9 +766,16 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
 
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         ck = torch.load(checkpoint, map_location=net.device, weights_only=False)
-        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
-            if ck[key] != value:
-                raise ValueError(f"checkpoint {checkpoint} was written with {key}={ck[key]}, not {value}")
+        written = {"epochs": ck["epochs"], "batch_size": ck["batch_size"], "seed": ck["seed"],
+                   "dims": ck.get("dims"), "layer": ck.get("layer"), "config": ck.get("config"),
+                   "device_profile": ck.get("device_profile")}
+        now = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "dims": net.dims, "layer": net.layer_kind,
+               "config": asdict(cfg), "device_profile": _profile_dict(net)}
+        diff = first_difference(written, now)
+        if diff is not None:
+            key, old, new = diff
+            raise ValueError(f"checkpoint {checkpoint} was written with {key}={old!r}, not {new!r}; "
+                             "resume with the same settings or start afresh")
         net.load_state_dict(ck["net"])
         net.load_optim_state(ck["optim"])
         gen.set_state(ck["rng"])
@@ -830,10 +837,36 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
                           "xbar_rng": _rng_states(net), "counters": net.counters.as_dict(),
                           "eval_counters": net.eval_counters.as_dict(),
                           "history": history, "config": asdict(cfg), "dims": net.dims,
-                          "layer": net.layer_kind}, checkpoint)
+                          "layer": net.layer_kind, "device_profile": _profile_dict(net)}, checkpoint)
         if on_epoch is not None:
             on_epoch(metrics)
     return history
+
+
+def first_difference(old, new, prefix: str = ""):
+    """The first (dotted key, old value, new value) where two nested dicts / values differ, or None.
+    Tuples and lists compare alike (a config read back from JSON has lists)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(dict.fromkeys([*old, *new])):
+            d = first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if d is not None:
+                return d
+        return None
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        if len(old) == len(new) and all(first_difference(a, b) is None for a, b in zip(old, new)):
+            return None
+    elif old == new or (isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new)):
+        return None
+    return prefix.rstrip(".") or "value", old, new
+
+
+def _profile_dict(net) -> dict | None:
+    """The device profile of an analog net's crossbars (resolved), for checkpoint checks; None if digital."""
+    for layer in net.layers:
+        prof = getattr(getattr(layer, "xbar", None), "profile", None)
+        if hasattr(prof, "to_dict"):
+            return prof.to_dict()
+    return None
 
 
 def _progress(it, enabled: bool, desc: str):

@@ -250,10 +250,14 @@ def train_bp(net: BPNet, x_train: Any, y_train: Any, x_test: Any = None, y_test:
             opt.zero_grad(set_to_none=True)
             logits = net(xb)
             loss = nn.functional.cross_entropy(logits, yb)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):  # before the step: the net keeps its last good weights
+                raise FloatingPointError(f"digital BP loss is {loss_value} in epoch {epoch} (mini-batch {n_batches + 1}); "
+                                         f"the net keeps the weights of the last good step; lower the learning rate (lr={lr:g})")
             loss.backward()
             opt.step()
             net.counters += net.train_step_counts(len(idx))
-            loss_sum += float(loss.detach())
+            loss_sum += loss_value
             correct += int((logits.detach().argmax(1) == yb).sum())
             n_batches += 1
             seen += len(idx)

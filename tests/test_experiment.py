@@ -196,3 +196,56 @@ def test_results_record_environment_and_threads(run_dir, tmp_path):
     from analogff.experiment import build_parser
 
     assert build_parser().parse_args(["--threads", "3"]).threads == 3
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--adc-bits", "1"], "adc_bits=1"),  # was a ZeroDivisionError
+    (["--adc-bits", "17"], "adc_bits=17"),
+    (["--ff-lr-analog", "nan"], "ff_lr_analog=nan"),
+    (["--ff-lr-digital", "-0.001"], "ff_lr_digital=-0.001"),
+    (["--ff-lr-analog", "0"], "ff_lr_analog=0.0"),
+    (["--batch-size", "100000"], "batch_size=100000"),
+    (["--batch-size", "600", "--train-limit", "500"], "batch_size=600"),
+])
+def test_config_out_of_range_one_line_error_writes_nothing(tmp_path, capsys, argv, field):
+    out = tmp_path / "never"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err and "allowed" in err, err
+    assert not out.exists()
+
+
+def test_validate_names_field_value_and_allowed_range():
+    from analogff.experiment import ConfigError
+
+    with pytest.raises(ConfigError, match=r"epochs=0 is not allowed: an integer in 1\.\.100000"):
+        ExperimentConfig(epochs=0).validate()
+    with pytest.raises(ConfigError, match="bp_lr=inf"):
+        ExperimentConfig(bp_lr=float("inf")).validate()
+    with pytest.raises(ConfigError, match="adc_bits"):
+        run_one(ExperimentConfig(**SMALL, adc_bits=1, out="/nonexistent/never"))
+    assert ExperimentConfig().validate() is not None
+
+
+def test_resume_refuses_a_changed_config_naming_the_field(tmp_path, capsys):
+    cfg = ExperimentConfig(**{**SMALL, "epochs": 1}, methods=["digital_bp"], out=str(tmp_path / "r"))
+    run_one(cfg)
+    before = sorted(p.name for p in (tmp_path / "r").rglob("*"))
+    from analogff.experiment import ConfigError
+
+    with pytest.raises(ConfigError, match=r"was run with bp_lr=0\.001; now bp_lr=0\.01"):
+        run_one(replace(cfg, bp_lr=1e-2), resume=True)
+    with pytest.raises(ConfigError, match=r"ff\.alpha"):
+        run_one(replace(cfg, ff=replace(cfg.ff, alpha=1.0)), resume=True)
+    with pytest.raises(ConfigError, match="device"):
+        run_one(replace(cfg, device=str(ROOT / "devices" / "pcm.toml")), resume=True)
+    assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before  # nothing written
+    run_one(replace(cfg, threads=1), resume=True)  # threads and out may change
+    # and from the command line: one line, exit 2
+    args = ["--hidden", "32", "--epochs", "1", "--train-limit", "500", "--test-limit", "200", "--drift-times", "1,86400",
+            "--methods", "digital_bp", "--device", str(ROOT / "devices" / "reram_sb.toml"), "--out", str(tmp_path / "r")]
+    assert main([*args, "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume", "--seed", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seed=0" in err, err

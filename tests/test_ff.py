@@ -476,3 +476,17 @@ def test_default_analog_recipe_learns_real_mnist_slice(monkeypatch):
     hist = train_ff(net, small, epochs=1, progress=False)
     assert hist[-1]["test_acc_softmax"] > 0.65, hist[-1]
     assert net.total_counts().update_pulses > 0 and net.total_counts().backward_adc_conversions == 0
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    """The FF checkpoint compares the whole FFConfig, the net's dims and layer kind, not only epochs/batch/seed."""
+    ck = tmp_path / "ff.pt"
+    train_ff(tiny_net(), tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match=r"config\.lr=0\.01, not 0\.02"):
+        train_ff(tiny_net(lr=2e-2), tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck,
+                 resume=True)
+    with pytest.raises(ValueError, match="dims"):
+        other = FFNet([784, 32, 16], config=FFConfig(lr=1e-2, head_lr=1e-2, cooldown=0.0))
+        train_ff(other, tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
+    hist = train_ff(tiny_net(), tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
+    assert len(hist) == 1  # the same settings resume (here: nothing left to train)

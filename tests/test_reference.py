@@ -156,3 +156,17 @@ def test_sgd_variant_and_bad_arguments():
         BPNet([4, 2], seed=0, optimizer="rmsprop")
     with pytest.raises(ValueError):
         train_bp(net, x, y[:-1], epochs=1)
+
+
+def test_nan_loss_in_bp_stops_naming_the_epoch_and_keeps_the_last_good_weights():
+    x, y = synthetic(n=100, d=6, classes=3)
+    net = BPNet([6, 5, 3], seed=1)
+    train_bp(net, x, y, epochs=1, batch_size=50, lr=1e-2)
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    counts = net.counters.copy()
+    x_bad = x.clone()
+    x_bad[60] = float("nan")  # one mini-batch of 100 holds it
+    with pytest.raises(FloatingPointError, match=r"digital BP loss is nan in epoch 1 .*last good"):
+        train_bp(net, x_bad, y, epochs=1, batch_size=100, lr=1e-2)
+    assert all(torch.equal(v, good[k]) for k, v in net.state_dict().items())
+    assert net.counters == counts  # the failed step is not billed
