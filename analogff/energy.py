@@ -61,6 +61,12 @@ mainly in how many conversions they need (FF has no backward conversions). ISAAC
 (8-bit ADC 1.67 pJ, see :func:`isaac_constants`) sit near the 10th-percentile point; select
 ``adc_point="p10"`` for such optimistic projections.
 
+The HERMES check is circular (the default was chosen to fit it). :func:`ambrogio_calibration` is
+the independent one: IBM's 14 nm analog-AI speech chip (Ambrogio et al., Nature 620, 768-775
+(2023), 12.4 TOPS/W), from which no constant was chosen, configured from the paper: 13.6 TOPS/W at
+the median point (1.10x), 2.1x and 2.2x at p10 and min. Every constant, its source and both
+configurations: docs/energy.md ("Constants", "Calibration").
+
 Digital energies are Horowitz's 45 nm, 0.9 V figures (ISSCC 2014) and are *not* scaled to another
 node: reports state "45 nm". The digital MAC energy at the default precision (fp32: 4.6 pJ) is
 checked against the NVIDIA H100's peak (bf16 dense, ~1.41 pJ per MAC at 700 W): a per-MAC digital
@@ -286,12 +292,12 @@ class EnergyConstants:
     #: DAC resolution (bits) used when neither the model nor the profile gives one.
     dac_bits_default: int = 8
     # -- array ---------------------------------------------------------------------------------
-    #: integration (read) time of one analog MVM, s. Default 128 ns, the shared reference's
-    #: pessimistic example (0.2 V, 25 uS, 128 ns -> 0.13 pJ per cell); profiles override it.
+    #: integration (read) time of one analog MVM, s. Default 128 ns, an assumption (docs/energy.md,
+    #: "Array read": 0.2 V, 25 uS, 128 ns -> 0.13 pJ per cell, pessimistic); profiles override it.
     t_read_s: float = 128e-9
     #: energy of one programming pulse on one device, J. Default 2.5 pJ = V_w^2 G t_p for 1 V,
-    #: 50 uS, 50 ns (formula-based ReRAM example of the shared reference, not a measurement);
-    #: profiles override it.
+    #: 50 uS, 50 ns (a formula-based ReRAM estimate, not a measurement: docs/energy.md,
+    #: "Programming pulses"); profiles override it.
     pulse_energy_J: float = 2.5e-12
     # -- digital (Horowitz ISSCC 2014, 45 nm, 0.9 V; not node-scaled) ----------------------------
     #: precision of digital arithmetic: "fp32", "fp16", "int32" or "int8".

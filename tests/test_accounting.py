@@ -133,3 +133,11 @@ def test_inference_residency_is_the_weights_only():
     dig = FFNet([784, 500, 500], layer="digital").eval()
     assert dig.layers[0].state_in_dram  # 2.6 MB of weights
     assert BPNet([784, 500, 500, 10]).peak_memory(100)["inference_weights_in_sram"] is False
+
+
+def test_worked_example_in_docs_matches_the_code():
+    """docs/energy.md's worked example: one digital FF step of 784-500-500, batch 100."""
+    c = cost.ff_step_counts([784, 500, 500], 100, FFConfig(), "digital")
+    text = (ROOT / "docs" / "energy.md").read_text()
+    for f in ("digital_macs", "digital_ops", "digital_mults", "digital_special_ops", "sram_bytes", "dram_bytes"):
+        assert f"{getattr(c, f):,}" in text, f
