@@ -23,12 +23,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from analogff.energy import COMPONENTS  # the energy model's breakdown, in its order
+
 Run = dict[str, Any]
 
 METHOD_COLORS = {"analog_ff": "tab:red", "digital_ff": "tab:blue", "digital_bp": "tab:green",
                  "analog_bp": "tab:orange"}
-COMPONENTS = ("dac", "adc", "backward_dac", "backward_adc", "array_read", "programming",
-              "digital_mac", "digital_ops", "sram", "dram")
 COMPONENT_COLORS = dict(zip(COMPONENTS, ("#a6cee3", "#1f78b4", "#b2df8a", "#33a02c", "#fdbf6f",
                                          "#e31a1c", "#6a3d9a", "#cab2d6", "#ff7f00", "#b15928")))
 MARKERS = "os^Dv<>pPX*h"
