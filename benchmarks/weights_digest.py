@@ -6,7 +6,8 @@ For every profile in ``devices/*.toml`` this builds the main job's analog FF net
 ``torch.Generator().manual_seed(0)``, one torch thread) and prints, per profile, an md5 of all layer
 weights (``layer.xbar.get_weights()``, float32 bytes in layer order) and an md5 of the counters
 (``net.total_counts().as_dict()``, its non-zero entries as JSON with sorted keys, so that a new
-counter that stays 0 leaves the digest as it was), then the counters themselves.
+counter that stays 0 leaves the digest as it was), an md5 of the crossbars' own counters (the
+analog work: MVMs, conversions, reads, read V^2 G, pulses), then the counters themselves.
 
 Two runs of this script at two commits print the same weight digests when a change preserves the
 simulation bit for bit (a refactor, a counting fix); the counter digest tells whether the counts moved.
@@ -75,8 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         for layer in net.layers:
             h.update(layer.xbar.get_weights().detach().cpu().float().contiguous().numpy().tobytes())
         counts = net.total_counts().as_dict()
-        c_md5 = hashlib.md5(json.dumps({k: v for k, v in counts.items() if v}, sort_keys=True).encode()).hexdigest()
-        print(f"{name:14s} weights {h.hexdigest()}  counts {c_md5}  ({time.perf_counter() - t0:.1f} s)")
+        xbar = {}  # the crossbars' own counters (analog work; the rest is the periphery's)
+        for layer in net.layers:
+            for k, v in layer.xbar.counters.as_dict().items():
+                xbar[k] = xbar.get(k, 0) + v
+
+        def md5(c: dict) -> str:
+            return hashlib.md5(json.dumps({k: v for k, v in c.items() if v}, sort_keys=True).encode()).hexdigest()
+
+        print(f"{name:14s} weights {h.hexdigest()}  counts {md5(counts)}  xbar {md5(xbar)}  "
+              f"({time.perf_counter() - t0:.1f} s)")
         print(f"{'':14s} counts {json.dumps(counts, sort_keys=True)}", flush=True)
     return 0
 

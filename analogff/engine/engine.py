@@ -16,6 +16,7 @@ from .reads import Reads
 from .refuse import _refuse
 from .rng import _Rng
 
+
 class TorchPulsedEngine:
     """The fast engine of :class:`analogff.crossbar.Crossbar`: aihwkit preset physics in batched torch.
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .refuse import _refuse
 
+
 def weight_granularity(device_config: Any) -> float:
     """aihwkit's ``getWeightGranularity()``: the ``dw_min`` its update management divides by.
 

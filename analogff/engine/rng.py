@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+
 class _Rng:
     """All randomness of one engine: a generator on the engine's device, one on the CPU for seeds.
 

@@ -15,6 +15,7 @@ from ..reads import Reads
 from ..refuse import _refuse
 from ..rng import _Rng
 
+
 def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, res: float):
     """Mixed-precision transfer: ``n = trunc(chi / granularity)`` leaves chi, and the coincidence
     moments of the row-wise pulse trains (x = n[j], d = e_j; per-row ``BL``, ``B``, ``p_d``)."""

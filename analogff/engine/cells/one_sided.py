@@ -17,6 +17,7 @@ from ..reads import Reads
 from ..refuse import _refuse
 from ..rng import _Rng, _unpack
 
+
 def _k_refresh_read(wp: Tensor, wm: Tensor, bits: Tensor, out_noise: float, res: float, bound: float,
                     w_max: float, w_min: float, hi: float, lo: float):
     """OneSided refresh: read both arrays through the refresh forward with unit inputs (each output
