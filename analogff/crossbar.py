@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .devices import DeviceProfile, load_device
+from .accounting import BYTES_PER_VALUE, resident_state
 from .energy import OpCounts
 
 ENGINES = ("aihwkit", "torch")
@@ -153,6 +154,15 @@ class Crossbar(nn.Module):
         self.in_features, self.out_features, self.engine_name = in_features, out_features, engine
         self.rpu_config = self.profile.rpu_config()
         self.mixed_precision = type(self.rpu_config.device).__name__ == "MixedPrecisionCompound"
+        from .engine.cells.transfer import algorithm_of
+
+        #: the on-array training algorithm of a transfer compound ("tiki_taka", "buffered", "chopped",
+        #: "dynamic"), or None: the preset's weights are read from its second array C, the update
+        #: pulses its first array A, and the compound moves A onto C (analogff.engine.cells.transfer)
+        self.transfer = algorithm_of(self.rpu_config.device)
+        #: set by the net's residency rule (analogff.accounting.state_in_dram): the periphery state
+        #: of this tile (a transfer compound's H, a mixed-precision chi) streams from DRAM
+        self.state_in_dram = False
         w_min, w_max = self.profile.weight_range()
         self.w_bound = min(abs(w_min), w_max)  # nominal usable magnitude, device units
         init_bound = 1.0 / math.sqrt(in_features)  # torch.nn.Linear's default init bound, logical
@@ -172,6 +182,8 @@ class Crossbar(nn.Module):
             from .engine import TorchPulsedEngine
 
             self.engine = TorchPulsedEngine(in_features, out_features, self.rpu_config, seed)
+            if self.transfer is not None and self.profile.buffer_bits is not None:
+                self.engine.cell.buffer_bits = int(self.profile.buffer_bits)
         gen = torch.Generator().manual_seed(seed)
         w0 = (torch.rand(out_features, in_features, generator=gen) * 2 - 1) * init_bound
         self.set_weights(w0)
@@ -225,13 +237,27 @@ class Crossbar(nn.Module):
             # device per sample, chi read and written once per batch in fp32) and pulses a device
             # only when |chi| passes its step: those pulses are |dw| / dw_min.
             c.digital_macs += b * self.in_features * self.out_features
-            c.sram_bytes += 2 * 4 * self.in_features * self.out_features
+            c += resident_state(2 * BYTES_PER_VALUE * self.in_features * self.out_features, self.state_in_dram)
         if self.engine_name == "torch":
             if x2 is None:
                 c.update_pulses += int(self.engine.update_rows(d2.T, tile_lr))
             else:
                 c.update_pulses += int(self.engine.update(x2, d2, tile_lr))
             self._add_reads()  # reads the update does (PCM refresh)
+            if self.transfer is not None:
+                self._count_periphery(self.engine.cell.take_periphery())
+        elif self.transfer is not None:
+            # aihwkit's CPU tile neither counts pulses nor exposes its transfer reads: the bill of this
+            # run has the forward MVMs only (engine="torch" counts everything)
+            if not getattr(self, "_warned_uncounted", False):
+                import warnings
+
+                warnings.warn(f"engine='aihwkit' does not report the pulses and transfer reads of {self.profile.preset}; "
+                              "they are not counted (use engine='torch' for the full bill)", RuntimeWarning, stacklevel=3)
+                self._warned_uncounted = True
+            if x2 is None:
+                x2 = torch.eye(self.in_features, dtype=d2.dtype, device=d2.device)
+            self.engine.update(x2, d2, tile_lr)
         else:
             if x2 is None:
                 x2 = torch.eye(self.in_features, dtype=d2.dtype, device=d2.device)
@@ -245,6 +271,25 @@ class Crossbar(nn.Module):
                 self.engine.update(x2, d2, tile_lr)
         c.updates += b
         self._gsum_cache = None
+
+    def _count_periphery(self, w: dict[str, int]) -> None:
+        """A transfer compound's digital periphery work (H, references: element-wise ops and state
+        traffic, SRAM or DRAM by the net's residency rule). Its reads of A come with the engine's
+        read tally (:meth:`_add_engine_reads`)."""
+        c = self._counters
+        c.digital_ops += w["digital_ops"]
+        c.digital_mults += w["digital_mults"]
+        c.digital_special_ops += w["digital_special_ops"]
+        c += resident_state(w["state_bytes"], self.state_in_dram)
+
+    @property
+    def periphery_state_bytes(self) -> int:
+        """Digital state this tile's unit cells keep in the periphery between updates, bytes: a
+        transfer compound's H (and AGAD's references, the choppers), a mixed-precision chi."""
+        if self.mixed_precision:
+            return BYTES_PER_VALUE * self.in_features * self.out_features
+        cell = getattr(self.engine, "cell", None)
+        return int(getattr(cell, "state_bytes", 0)) if self.transfer is not None else 0
 
     def backward(self, d: Tensor) -> Tensor:
         """Transposed MVM d @ W (B, out) -> (B, in), through DAC and ADC. Only analog backprop uses it."""
@@ -312,7 +357,9 @@ class Crossbar(nn.Module):
         parameters are drawn once; a state load or a move clears the cache)."""
         if self._inv_bounds is None:
             state = self.engine.device_state()
-            if "hidden_weights_0" in state and "max_bound_0" in state:  # one-sided pair (PCM)
+            if self.transfer is not None:  # the weights are the second array's (C, index 1)
+                up, lo, one_sided = state["max_bound_1"], state["min_bound_1"], False
+            elif "hidden_weights_0" in state and "max_bound_0" in state:  # one-sided pair (PCM)
                 up, lo, one_sided = state["max_bound_1"], state["max_bound_0"], True
             else:
                 w = self.engine.get_weights()

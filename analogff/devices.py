@@ -58,7 +58,7 @@ NOISE_MODELS: tuple[str, ...] = (
     "HermesNoiseModel",
 )
 
-_TOP_KEYS = {"name", "description", "aihwkit", "physics", "inference", "energy", "mapping"}
+_TOP_KEYS = {"name", "description", "aihwkit", "physics", "inference", "energy", "mapping", "periphery"}
 
 
 class DeviceProfileError(ValueError):
@@ -114,8 +114,15 @@ class DeviceProfile:
     #: weight mapping: initial weights reach this fraction of the device's weight bound (sets the
     #: crossbar's digital output scale; [mapping] init_range in the TOML file)
     init_range: float = 0.3
+    #: bits of a transfer compound's digital buffer H ([periphery] buffer_bits; None: fp32 as
+    #: aihwkit): an analogff extension, fixed point with stochastic rounding (engine/cells/transfer.py)
+    buffer_bits: int | None = None
 
     def __post_init__(self) -> None:
+        if self.buffer_bits is not None and (isinstance(self.buffer_bits, bool) or not isinstance(self.buffer_bits, int)
+                                             or not 2 <= self.buffer_bits <= 32):
+            raise DeviceProfileError(self.source, "periphery.buffer_bits",
+                                     f"must be an integer in [2, 32], got {self.buffer_bits!r}")
         if isinstance(self.init_range, bool) or not isinstance(self.init_range, (int, float)) \
                 or not 0 < self.init_range <= 1:
             raise DeviceProfileError(self.source, "mapping.init_range",
@@ -201,6 +208,7 @@ class DeviceProfile:
             "adc_bits": self.adc_bits,
             "weight_range": list(self.weight_range()),
             "init_range": self.init_range,
+            "buffer_bits": self.buffer_bits,
             "resolved_rpu_config": str(self.rpu_config()),
         }
 
@@ -364,6 +372,11 @@ def profile_from_dict(data: dict[str, Any], source: str | None = None) -> Device
     if bad:
         raise DeviceProfileError(source, f"mapping.{sorted(bad)[0]}", "unknown key; allowed: init_range")
 
+    periphery = table("periphery", required=False)
+    bad = set(periphery) - {"buffer_bits"}
+    if bad:
+        raise DeviceProfileError(source, f"periphery.{sorted(bad)[0]}", "unknown key; allowed: buffer_bits")
+
     description = data.get("description", "")
     if not isinstance(description, str):
         raise DeviceProfileError(source, "description", "must be a string")
@@ -371,6 +384,7 @@ def profile_from_dict(data: dict[str, Any], source: str | None = None) -> Device
         name=name, preset=preset, physics=physics, description=description, overrides=overrides,
         noise_model=noise_model, energy=dict(table("energy", required=False)), source=source,
         **({"init_range": mapping["init_range"]} if "init_range" in mapping else {}),
+        **({"buffer_bits": periphery["buffer_bits"]} if "buffer_bits" in periphery else {}),
     )
 
 

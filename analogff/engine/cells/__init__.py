@@ -26,11 +26,17 @@ from ..rng import _Rng
 from .mixed_precision import MixedPrecisionCell
 from .one_sided import OneSidedCell
 from .single import SingleCell
+from .transfer import TransferCell
 
 CELLS: dict[str, type | None] = {
     "MixedPrecisionCompound": MixedPrecisionCell,
     "OneSidedUnitCell": OneSidedCell,
     "DifferenceUnitCell": None,  # a OneSidedUnitCell subclass with other semantics
+    # the transfer compounds (Tiki-Taka, TTv2, c-TTv2, AGAD): one cell, the algorithm by class
+    "TransferCompound": TransferCell,
+    "BufferedTransferCompound": TransferCell,
+    "ChoppedTransferCompound": TransferCell,
+    "DynamicTransferCompound": TransferCell,
 }
 
 
@@ -44,11 +50,11 @@ def build_cell(device_cfg: Any, shape: tuple[int, int], rng: _Rng, preset: str, 
                 return cell(device_cfg, shape, rng, where, up, kernels)
             break
     if hasattr(device_cfg, "unit_cell_devices") or hasattr(device_cfg, "device"):
-        raise _refuse(where, f"compound device {type(device_cfg).__name__} (transfer / Tiki-Taka / vector / "
-                             "reference cells) is not implemented")
+        raise _refuse(where, f"compound device {type(device_cfg).__name__} (vector / reference cells) is not "
+                             f"implemented (cells: {', '.join(k for k, v in CELLS.items() if v is not None)})")
     return SingleCell(device_cfg, shape, rng, where, up, kernels)
 
 
 _build_cell = build_cell  # the name of analogff.pulsed
 
-__all__ = ["CELLS", "MixedPrecisionCell", "OneSidedCell", "SingleCell", "build_cell"]
+__all__ = ["CELLS", "MixedPrecisionCell", "OneSidedCell", "SingleCell", "TransferCell", "build_cell"]

@@ -1,0 +1,115 @@
+"""The torch engine's transfer compounds (Tiki-Taka, TTv2, chopped TTv2, AGAD) against aihwkit's tiles.
+
+Every transfer preset of aihwkit 1.2.0 (4 algorithms x 6 devices) runs in both engines from the same
+device-to-device parameters and weights, on the same inputs and errors (a consistent target
+direction, so that A and C move), and the trajectories are compared:
+
+* bookkeeping that is deterministic given the data, exactly: samples counted, the column being
+  transferred, full sweeps, the running means m_x, m_d of auto_scale and the pulse count learning
+  rate (float32 rounding), AGAD's choppers (they flip on a schedule);
+* statistics, over 3 seeds: the mean move of C and of A along the target direction and their
+  spreads, and the mean |H|. aihwkit's C++ random generator cannot be seeded, so these are
+  distributions (on the persistent weights where write noise hides the pulses' effect); c-TTv2's random choppers make A's move along the target direction itself random
+  (it is multiplied by a chopper history), so A is compared by its spread there.
+
+The in_chop_prob of the chopped presets is raised for the test (0.2, AGAD 0.1) so that choppers
+flip and AGAD passes its warm-up (no C writes before each column was read ceil(1/p) times) within
+60 updates of a 64 x 32 tile; everything else is the preset's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import aihwkit.simulator.presets as presets
+from analogff.crossbar import AihwkitEngine
+from analogff.engine import TorchPulsedEngine
+
+IN, OUT, B = 64, 32, 16
+DEVICES = ("ReRamES", "ReRamSB", "Capacitor", "EcRam", "EcRamMO", "Idealized")
+FAMILIES = ("TikiTaka", "TTv2", "ChoppedTTv2", "AGAD")
+PRESETS = [f"{fam}{dev}Preset" for fam in FAMILIES for dev in DEVICES]
+LR = {"TikiTaka": 0.1, "TTv2": 0.01, "ChoppedTTv2": 0.01, "AGAD": 0.01}
+
+
+def _config(name: str):
+    cfg = getattr(presets, name)()
+    if name.startswith("ChoppedTTv2"):
+        cfg.device.in_chop_prob = 0.2
+    elif name.startswith("AGAD"):
+        cfg.device.in_chop_prob = 0.1
+    return cfg
+
+
+def _family(name: str) -> str:
+    return next(f for f in sorted(FAMILIES, key=len, reverse=True) if name.startswith(f))
+
+
+def _run(name: str, seed: int, steps: int = 60) -> dict:
+    """Both engines through ``steps`` updates; returns their trajectories' summaries."""
+    a = AihwkitEngine(IN, OUT, _config(name), seed)
+    t = TorchPulsedEngine(IN, OUT, _config(name), seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    w0 = (torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.3
+    a.set_weights(w0)
+    t.set_weights(w0)
+    t.load_device_state(a.device_state())
+    target = torch.randn(OUT, IN, generator=g) * 0.1
+    lr = LR[_family(name)]
+    for _ in range(steps):
+        x = torch.rand(B, IN, generator=g)
+        d = (torch.randn(B, OUT, generator=g) * 0.5 + x @ target.T) * 0.01
+        a.update(x, d, lr)
+        t.update(x, d, lr)
+    direction = -target.sign()
+    out = {}
+    for key, eng in (("aihwkit", a), ("torch", t)):
+        s = eng.device_state()
+        # what the pulses act on: the persistent weights where write noise hides them (ReRAM)
+        dc = s.get("persistent_weights_1", eng.get_weights()) - w0
+        fa = s.get("persistent_weights_0", s["hidden_weights_0"])
+        h = s.get("buffered_FP_weight_0", s.get("buffered_FP_weight"))
+        out[key] = {"c_proj": float((dc * direction).mean()), "c_std": float(dc.std()),
+                    "a_proj": float((fa * direction).mean()), "a_std": float(fa.std()),
+                    "h_abs": float(h.abs().mean()) if h is not None else 0.0}
+    out["extra"] = a.tile.tile.dump_extra()
+    out["cell"] = t.cell
+    return out
+
+
+@pytest.mark.parametrize("name", [f"{fam}EcRamPreset" for fam in FAMILIES] + ["AGADReRamSBPreset", "ChoppedTTv2CapacitorPreset"])
+def test_transfer_bookkeeping_equals_aihwkit(name):
+    r = _run(name, seed=0, steps=30)
+    ex, cell = r["extra"], r["cell"]
+
+    def one(key: str) -> float:
+        return float(ex[f"rpu.rpu_device.{key}"][0])
+
+    assert one("current_update_idx") == cell.n_updates == 30 * B
+    assert one("current_slice_indices") == cell.slice
+    if cell.alg != "tiki_taka":
+        assert one("transfer_counter") == cell.transfer_counter
+        for key, mine in (("m_x", cell.m_x), ("m_d", cell.m_d), ("tmp_count_lr", cell.count_lr)):
+            assert math.isclose(one(key), mine, rel_tol=2e-5), (key, one(key), mine)
+        chop = torch.tensor(ex["rpu.rpu_device.in_chopper"]) > 0  # aihwkit: True = flipped
+        if cell.alg == "dynamic" or float(cell.cfg.in_chop_prob) == 0:  # deterministic choppers
+            assert torch.equal(chop, cell.in_chop.cpu() < 0)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_transfer_trajectories_match_aihwkit(name):
+    runs = [_run(name, seed) for seed in range(3)]
+    mean = {eng: {k: sum(r[eng][k] for r in runs) / len(runs) for k in runs[0][eng]} for eng in ("aihwkit", "torch")}
+    a, t = mean["aihwkit"], mean["torch"]
+    # C: the weights' move along the target and their spread
+    assert abs(t["c_proj"] - a["c_proj"]) <= 0.15 * abs(a["c_proj"]) + 0.02 * a["c_std"] + 2e-5, (a, t)
+    assert t["c_std"] == pytest.approx(a["c_std"], rel=0.15, abs=2e-4), (a, t)
+    # A: the fast array
+    assert t["a_std"] == pytest.approx(a["a_std"], rel=0.12), (a, t)
+    if not name.startswith("ChoppedTTv2"):
+        assert abs(t["a_proj"] - a["a_proj"]) <= 0.12 * abs(a["a_proj"]) + 0.05 * a["a_std"], (a, t)
+    # H
+    assert t["h_abs"] == pytest.approx(a["h_abs"], rel=0.15, abs=0.01), (a, t)
