@@ -31,15 +31,20 @@ def test_forward_update_ranges_and_counters(path, engine):
     assert y.shape == (8, 32) and torch.isfinite(y).all()
     fwd = OpCounts(**xbar.counters.as_dict())  # the forward's (PCM's updates add their refresh reads)
     w_before = xbar.get_weights()
+    fast_before = xbar.engine.device_state()["hidden_weights_0"].clone() if xbar.transfer else None
     d = batch(8, 32, seed=1, positive=False)
     xbar.update(x, d, lr=0.05)
     xbar.update(x, d, lr=0.05)  # mixed precision transfers its accumulator on the next update
     c = xbar.counters
     assert c.backward_adc_conversions == 0 and c.backward_mvms == 0 and c.backward_dac_conversions == 0
-    assert c.update_pulses > 0 and c.updates == 16
+    # aihwkit's CPU tile does not report a transfer compound's pulses (the crossbar warns)
+    assert (c.update_pulses > 0 or (xbar.transfer and engine == "aihwkit")) and c.updates == 16
     assert fwd.mvms == 8 and fwd.dac_conversions == 8 * 64 and fwd.adc_conversions == 8 * 32
     assert fwd.device_reads == 2 * 8 * 64 * 32 and fwd.read_v2g_W > 0
-    assert not torch.equal(w_before, xbar.get_weights())
+    if xbar.transfer:  # the update pulses the fast array A; AGAD writes C only after its warm-up
+        assert not torch.equal(fast_before, xbar.engine.device_state()["hidden_weights_0"])
+    else:
+        assert not torch.equal(w_before, xbar.get_weights())
     gp, gm = xbar.conductances()
     p = dev.physics
     assert gp.shape == gm.shape == (32, 64)

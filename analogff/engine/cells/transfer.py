@@ -184,6 +184,11 @@ class TransferCell:
 
     # -- the algorithm's constants -------------------------------------------------------------
     @property
+    def devs(self) -> tuple[DeviceArray, DeviceArray]:
+        """The device arrays in aihwkit's order: 0 the fast array A, 1 the weights C."""
+        return self.fast, self.slow
+
+    @property
     def chopped(self) -> bool:
         return self.alg in ("chopped", "dynamic")
 
