@@ -269,25 +269,36 @@ def _ray_cell(config: dict[str, Any], threads: int) -> dict[str, Any]:
             if p.is_file():
                 files[name] = p.read_text()
         outcome["files"] = files
-        outcome["node"] = socket.gethostname()
+        try:
+            import ray
+
+            outcome["node"] = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001
+            outcome["node"] = socket.gethostname()
     return outcome
 
 
 # ---------------------------------------------------------------------------------------------
 # backends
 # ---------------------------------------------------------------------------------------------
-def _check_ray_address(address: str):
+def _check_ray_address(address: str, threads: int):
     """Import ray and connect, or GridError in one line (nothing written yet)."""
-    try:
-        import ray
-    except ImportError:
-        raise GridError("--ray needs the ray package: pip install 'analogff[ray]' (or pip install ray)") from None
+    host = None
     if address != "local":
         m = re.fullmatch(r"(?:ray://)?\[?([A-Za-z0-9.:_-]+?)\]?:(\d{1,5})", address.strip())
         if not m or not 0 < int(m.group(2)) < 65536:
             raise GridError(f"--ray {address!r}: expected HOST:PORT of a running Ray cluster's head "
                             f"(ray start --head prints it) or 'local'")
         host, port = m.group(1), int(m.group(2))
+    if address == "local" or host in ("127.0.0.1", "localhost", "::1"):
+        # a cluster on this machine's loopback: Ray would otherwise replace 127.0.0.1 by the host's
+        # address (and, for 'local', listen on every interface)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise GridError("--ray needs the ray package: pip install 'analogff[ray]' (or pip install ray)") from None
+    if host is not None:
         try:
             with socket.create_connection((host, port), timeout=5):
                 pass
@@ -295,12 +306,19 @@ def _check_ray_address(address: str):
             raise GridError(f"--ray {address}: cannot reach a Ray cluster there ({exc.strerror or exc}); "
                             f"start one with 'ray start --head' or use --ray local") from None
     try:
+        kw = dict(logging_level=logging.WARNING, log_to_driver=False)
         if address == "local":
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(include_dashboard=False, **kw)
         else:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, **kw)
     except Exception as exc:  # noqa: BLE001: ray raises several kinds
         raise GridError(f"--ray {address}: could not connect: {str(exc).splitlines()[0]}") from None
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    if not cpus or threads > max(cpus):
+        ray.shutdown()
+        raise GridError(f"--threads-per-cell {threads}: no node of the Ray cluster at {address} has that many "
+                        f"CPUs (largest: {max(cpus, default=0):g}); give at most that")
+    log.info("Ray cluster %s: %d node(s), %g CPUs", address, len(cpus), sum(cpus))
     return ray
 
 
@@ -390,7 +408,7 @@ def summary_rows(cells: list[Cell], outcomes: dict[str, dict[str, Any]], out: Pa
     for cell in cells:
         oc = outcomes.get(cell.name, {"status": "not run", "error": None, "wall_s": None})
         head = {"cell": cell.name, **{k: _csv_value(v) for k, v in cell.axes.items()}, "status": oc["status"],
-                "error": oc.get("error") or ""}
+                "error": oc.get("error") or "", **({"node": oc["node"]} if oc.get("node") else {})}
         res_path = out / cell.name / "results.json"
         if oc["status"] in ("done", "skipped") and res_path.is_file():
             res = json.loads(res_path.read_text())
@@ -481,8 +499,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for c in cells:
             cell_state(c, out)  # another config in a cell's directory: error before anything runs
         jobs = args.jobs
-        threads = args.threads_per_cell or max(1, (os.cpu_count() or 1) // jobs)
-        ray = _check_ray_address(args.ray) if args.ray else None
+        threads = args.threads_per_cell or (1 if args.ray else max(1, (os.cpu_count() or 1) // jobs))
+        ray = _check_ray_address(args.ray, threads) if args.ray else None
     except (GridError, OptionError, RecipeError) as exc:
         raise UsageError(str(exc)) from None
 
