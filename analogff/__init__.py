@@ -16,18 +16,21 @@ from typing import Any
 
 
 def _version() -> str:
-    """The one version string: pyproject.toml's, read from the installed metadata (or, in a checkout
-    that is not installed, from pyproject.toml itself)."""
+    """The one version string, pyproject.toml's: read from it in a checkout (an editable install's
+    metadata can be stale), else from the installed package's metadata."""
+    import re
     from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
 
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        m = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+        if m:
+            return m.group(1)
     try:
         return version("analogff")
     except PackageNotFoundError:
-        import re
-        from pathlib import Path
-
-        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-        return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+        return "unknown"
 
 
 __version__ = _version()

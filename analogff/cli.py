@@ -41,7 +41,8 @@ _RUN_FLAGS = ("recipe", "config", "resume", "print_config")
 # ---------------------------------------------------------------------------------------------
 def one_line(text: Any) -> str:
     """A message on one line (newlines escaped), for errors and the sweep's summary."""
-    return " ".join(str(text).replace("\r", "\\r").split("\n")).strip()
+    text = " ".join(str(text).split("\n"))
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text).strip()
 
 
 class UsageError(Exception):
