@@ -226,6 +226,12 @@ def head_loss(b: int, k: int) -> OpCounts:
 # ---------------------------------------------------------------------------------------------
 # Analytic step counts
 # ---------------------------------------------------------------------------------------------
+def _rule(cfg: Any) -> str:
+    """The analog rule of an FFConfig for the analytic counts: "auto" is "adam" (the analytic counts
+    are those of a single-device profile; a transfer compound's work depends on the data)."""
+    return "adam" if cfg.analog_update == "auto" else cfg.analog_update
+
+
 def _ff_resident(dims: Sequence[int], layer: str, cfg: Any, head_in: int) -> int:
     """Resident state bytes of an FF net (the residency rule's input)."""
     k, n = cfg.num_classes, 0
@@ -234,9 +240,9 @@ def _ff_resident(dims: Sequence[int], layer: str, cfg: Any, head_in: int) -> int
     for n_in, n_out in zip(dims[:-1], dims[1:]):
         if layer == "digital":
             n += digital_resident_bytes(n_in * n_out + n_out, cfg.optimizer)
-        elif cfg.analog_update in ("momentum", "adam"):
-            state = optimizer(cfg.analog_update).state_per_param
-            n += BYTES_PER_VALUE * state * n_out * (n_in + int(cfg.analog_bias)) + (8 if cfg.analog_update == "adam" else 0)
+        elif _rule(cfg) in ("momentum", "adam"):
+            state = optimizer(_rule(cfg)).state_per_param
+            n += BYTES_PER_VALUE * state * n_out * (n_in + int(cfg.analog_bias)) + (8 if _rule(cfg) == "adam" else 0)
     return n
 
 
@@ -296,8 +302,8 @@ def ff_step_counts(dims: Sequence[int], batch: int, config: Any = None, layer: s
             total += digital_update(2 * b, n_in, n_out, cfg.optimizer, True, dram)
         else:
             rows = n_in + int(bias)
-            total += analog_update(cfg.analog_update, 2 * b, rows, n_out, dram)
-            total += crossbar_update(2 * b if cfg.analog_update in ("sgd", "normalized") else rows)
+            total += analog_update(_rule(cfg), 2 * b, rows, n_out, dram)
+            total += crossbar_update(2 * b if _rule(cfg) in ("sgd", "normalized", "onarray") else rows)
     return total
 
 

@@ -95,8 +95,10 @@ class ExperimentConfig:
     engine: str = "torch"  #: crossbar engine: "torch" (fast, seeded) or "aihwkit" (reference)
     adc_bits: int | None = None  #: override the profile's ADC resolution (forward and backward)
     ff_lr_digital: float = 1e-3  #: Adam learning rate of digital FF
-    ff_lr_analog: float = 1e-3  #: analog FF learning rate (adam: step size in weight units; sgd: lr of W - lr d^T x, ~0.1)
-    analog_update: str = "adam"  #: analog FF update rule in the periphery (see analogff.ff and README)
+    ff_lr_analog: float | None = None  #: analog FF learning rate (adam: step in weight units, 1e-3; sgd: lr of
+    #: W - lr d^T x, 0.1; onarray: the transfer's gain, 0.01); None: the rule's default (analogff.ff.ANALOG_LR)
+    analog_update: str = "auto"  #: analog FF update rule (analogff.ff.AnalogLayer): auto = onarray on a
+    #: transfer-compound profile, else adam
     bp_lr: float = 1e-3  #: Adam learning rate of digital BP
     analog_bp_lr: float = 0.05  #: SGD learning rate of analog BP
     predict: str = "goodness"  #: FF prediction for test accuracy and inference energy: goodness | softmax
@@ -110,7 +112,7 @@ class ExperimentConfig:
         if isinstance(self.ff, dict):  # read back from results.json
             self.ff = FFConfig(**self.ff)
         self.ff = replace(self.ff, seed=self.seed, engine=self.engine, analog_update=self.analog_update,
-                          lr=self.ff_lr_analog)
+                          lr=self.ff.lr if self.ff_lr_analog is None else self.ff_lr_analog)
 
     def validate(self) -> "ExperimentConfig":
         """Check every field against what the run supports; raises :class:`ConfigError` (one line:
@@ -138,6 +140,8 @@ class ExperimentConfig:
             _int_in("adc_bits", self.adc_bits, *ADC_BITS_RANGE, "an integer number of bits")
         for name in ("ff_lr_digital", "ff_lr_analog", "bp_lr", "analog_bp_lr"):
             v = getattr(self, name)
+            if v is None and name == "ff_lr_analog":  # the rule's default
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(name, v, "a finite learning rate > 0")
         if self.analog_update not in ANALOG_UPDATES:
@@ -296,14 +300,24 @@ def _tkey(t: float) -> str:
     return str(int(t)) if float(t).is_integer() else repr(t)
 
 
+def analog_rule(cfg: ExperimentConfig, profile) -> tuple[str, float]:
+    """(update rule, learning rate) of analog FF on ``profile``: "auto" resolved by the profile's
+    preset (onarray on a transfer compound, else adam), the rule's default lr when unset."""
+    from .engine.cells.transfer import algorithm_of
+    from .ff import ANALOG_LR, resolve_analog_update
+
+    rule = resolve_analog_update(cfg.analog_update, algorithm_of(profile.rpu_config().device))
+    return rule, (ANALOG_LR[rule] if cfg.ff_lr_analog is None else float(cfg.ff_lr_analog))
+
+
 def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume: bool,
             on_epoch: Callable[[dict], None]) -> tuple[Any, dict[str, Any]]:
     from .energy import measured
     from .ff import FFConfig, FFNet, train_ff
 
     analog = name == "analog_ff"
-    ffcfg = replace(cfg.ff, lr=cfg.ff_lr_analog if analog else cfg.ff_lr_digital, seed=cfg.seed,
-                    engine=cfg.engine, analog_update=cfg.analog_update)
+    rule, lr = analog_rule(cfg, profile) if analog else (cfg.analog_update, cfg.ff_lr_digital)
+    ffcfg = replace(cfg.ff, lr=lr, seed=cfg.seed, engine=cfg.engine, analog_update=rule)
     dims = [data["train"][0].shape[1], *cfg.hidden]
     net = FFNet(dims, layer="analog" if analog else "digital", device=profile if analog else None, config=ffcfg)
     history = train_ff(net, data, ffcfg, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -316,6 +330,7 @@ def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume:
         "test_accuracy_goodness": history[-1]["test_acc_goodness"] if history else None,
         "test_accuracy_softmax": history[-1]["test_acc_softmax"] if history else None,
         "predict": cfg.predict,
+        **({"analog_update": rule, "lr": lr} if analog else {}),
         "inference_counts": inf.counts,
         "periphery_state_bytes": int(getattr(net, "periphery_state_bytes", 0)),
         "history": history,

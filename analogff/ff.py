@@ -82,7 +82,8 @@ class FFConfig:
     cooldown: float = 0.5  #: last fraction of the epochs: lr decays linearly towards 0
     shift: int = 0  #: training images jittered by up to this many pixels (0: off)
     image_side: int = 28
-    analog_update: str = "adam"  #: AnalogLayer update: "adam" | "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1)
+    analog_update: str = "auto"  #: AnalogLayer update: "auto" (onarray on a transfer compound, else adam) | "adam" |
+    #: "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1) | "onarray" (the transfer compound's own learning)
     analog_bias: bool = True  #: analog layers get a bias row (a constant-1 input) on the array
     analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
     #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
@@ -288,7 +289,19 @@ class DigitalLayer(nn.Module):
         return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
 
 
-ANALOG_UPDATES = ("sgd", "normalized", "momentum", "adam", "onarray")
+ANALOG_UPDATES = ("auto", "sgd", "normalized", "momentum", "adam", "onarray")
+#: the learning rate each analog rule is used with by default (the main job's ``ff_lr_analog`` when
+#: unset): adam/momentum a step in weight units, sgd/normalized the pulsed update's lr, onarray the
+#: transfer's gain into H (README, "Update rules")
+ANALOG_LR = {"sgd": 0.1, "normalized": 3e-4, "momentum": 0.01, "adam": 1e-3, "onarray": 0.01}
+
+
+def resolve_analog_update(rule: str, transfer: str | None) -> str:
+    """The rule ``"auto"`` stands for: ``"onarray"`` on a transfer compound (``transfer``, the
+    crossbar's algorithm), ``"adam"`` otherwise; any other rule is itself."""
+    if rule != "auto":
+        return rule
+    return "onarray" if transfer is not None else "adam"
 
 
 class AnalogLayer(nn.Module):
@@ -321,7 +334,7 @@ class AnalogLayer(nn.Module):
     pass a fake); by default an ``analogff.crossbar.Crossbar`` built from ``device``.
     """
 
-    def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "adam",
+    def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "auto",
                  bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                  norm_stat: str = "rms", seed: int = 0, engine: str = "torch", crossbar=None,
                  counters: OpCounts | None = None, input_gain: float = 1.0, init_range: float | None = None):
@@ -346,8 +359,13 @@ class AnalogLayer(nn.Module):
                                 init_range=init_range)
         self.xbar = crossbar
         transfer = getattr(crossbar, "transfer", None)
+        update = self.update = resolve_analog_update(update, transfer)
+        prof = getattr(crossbar, "profile", None)
+        if transfer is not None and update in ("momentum", "adam"):
+            raise ValueError(f"analog update {update!r} writes the weights row by row from the periphery, but profile "
+                             f"{getattr(prof, 'name', '?')!r} ({getattr(prof, 'preset', '?')}) writes them with its "
+                             "transfer: use --analog-update onarray (or auto), or the single-device profile")
         if update == "onarray" and transfer is None:
-            prof = getattr(crossbar, "profile", None)
             raise ValueError(f"analog update 'onarray' needs a transfer-compound preset (Tiki-Taka, TTv2, c-TTv2, AGAD); "
                              f"profile {getattr(prof, 'name', '?')!r} uses {getattr(prof, 'preset', '?')}: pick e.g. "
                              "devices/ecram_agad.toml, or another --analog-update")

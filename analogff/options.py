@@ -321,7 +321,8 @@ def make_config(values: dict[str, Any]):
         if nested_ff():
             base = ExperimentConfig(**top)
             ffcfg = FFConfig(**{**dataclasses.asdict(base.ff), **ff, "seed": base.seed, "engine": base.engine,
-                                "analog_update": base.analog_update, "lr": base.ff_lr_analog})
+                                "analog_update": base.analog_update,
+                                "lr": base.ff.lr if base.ff_lr_analog is None else base.ff_lr_analog})
             cfg = dataclasses.replace(base, ff=ffcfg)
         else:
             cfg = ExperimentConfig(**top)

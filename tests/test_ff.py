@@ -472,7 +472,7 @@ def test_default_analog_recipe_learns_real_mnist_slice(monkeypatch):
     small = {"train": (x[:5000], y[:5000]), "test": (xt[:1000], yt[:1000])}
     ecram = Path(__file__).resolve().parents[1] / "devices" / "ecram.toml"
     net = FFNet([784, 200, 200], layer="analog", device=ecram, config=FFConfig())
-    assert net.config.analog_update == "adam"
+    assert net.config.analog_update == "auto" and all(lay.update == "adam" for lay in net.layers)  # single device
     hist = train_ff(net, small, epochs=1, progress=False)
     assert hist[-1]["test_acc_softmax"] > 0.65, hist[-1]
     assert net.total_counts().update_pulses > 0 and net.total_counts().backward_adc_conversions == 0
@@ -490,3 +490,19 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         train_ff(other, tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
     hist = train_ff(tiny_net(), tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
     assert len(hist) == 1  # the same settings resume (here: nothing left to train)
+
+
+def test_auto_rule_and_onarray_errors(tmp_path):
+    """auto picks onarray on a transfer compound and adam elsewhere; onarray on a single device and a
+    periphery rule on a transfer compound are one-line errors naming the profile and its preset."""
+    from pathlib import Path
+
+    from analogff.ff import AnalogLayer
+
+    devices = Path(__file__).resolve().parents[1] / "devices"
+    assert AnalogLayer(16, 8, device=devices / "ecram_cttv2.toml").update == "onarray"
+    assert AnalogLayer(16, 8, device=devices / "ecram.toml").update == "adam"
+    with pytest.raises(ValueError, match=r"'onarray' needs a transfer-compound preset.*'ecram'.*EcRamPreset"):
+        AnalogLayer(16, 8, device=devices / "ecram.toml", update="onarray")
+    with pytest.raises(ValueError, match=r"'adam' writes the weights row by row.*'ecram_agad'.*AGADEcRamPreset"):
+        AnalogLayer(16, 8, device=devices / "ecram_agad.toml", update="adam")
