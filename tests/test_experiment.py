@@ -249,3 +249,28 @@ def test_resume_refuses_a_changed_config_naming_the_field(tmp_path, capsys):
     assert main([*args, "--resume", "--seed", "3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "seed=0" in err, err
+
+
+def test_energy_sensitivity_reprices_a_run_from_its_counters(run_dir, tmp_path):
+    import importlib.util
+
+    from analogff.energy import OpCounts
+
+    spec = importlib.util.spec_from_file_location("energy_sensitivity", ROOT / "benchmarks" / "energy_sensitivity.py")
+    sens = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sens)
+    res = json.loads((run_dir / "results.json").read_text())
+    for name, m in res["methods"].items():  # as is: the run's own bill
+        b = sens.bill(res, name)
+        assert b["train_J"] == pytest.approx(m["train_energy_per_sample_J"], rel=1e-9)
+        assert b["infer_J"] == pytest.approx(m["inference_energy_per_sample_J"], rel=1e-9)
+    af = res["methods"]["analog_ff"]
+    assert sens.bill(res, "analog_ff", adc_point="p10")["infer_J"] < af["inference_energy_per_sample_J"]
+    assert sens.bill(res, "digital_bp", adc_point="min")["train_J"] == pytest.approx(
+        res["methods"]["digital_bp"]["train_energy_per_sample_J"], rel=1e-9)  # no ADC in digital BP
+    # the residency rule moves state that streamed from DRAM on chip when the SRAM is big enough
+    moved, exact = sens._move_resident(OpCounts(sram_bytes=10, dram_bytes=90), 5 << 20, 16 << 20, 1 << 20)
+    assert exact and (moved.sram_bytes, moved.dram_bytes) == (100, 0)
+    assert sens.main([str(run_dir), "--out", str(tmp_path)]) == 0
+    assert "run as is" in (tmp_path / "energy_sensitivity.md").read_text()
+    assert (tmp_path / "figures" / "energy_sensitivity.png").stat().st_size > 0
