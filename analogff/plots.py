@@ -2,7 +2,7 @@
 
     runs = find_runs("runs/*")                   # run dirs, sweep dirs, or globs of either
     fig = plot_accuracy_vs_energy(runs)          # every plot_* returns a matplotlib Figure
-    save_all(runs, "docs/figures")               # the five figures as PNG
+    save_all(runs, "docs/figures")               # the six figures as PNG
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no GUI backend needed), so they
 work headless and display inline in a notebook. Every function draws a figure with a "no data" note
@@ -36,7 +36,10 @@ LINESTYLES = ("-", "--", ":", "-.")
 TIME_LABELS = {1: "1 s", 60: "1 min", 3600: "1 h", 86400: "1 day", 604800: "1 week",
                2592000: "1 month", 31536000: "1 year"}
 FIGURE_NAMES = ("accuracy_per_epoch", "energy_breakdown", "accuracy_vs_energy", "drift",
-                "accuracy_vs_adc_bits")
+                "accuracy_vs_adc_bits", "accuracy_vs_energy_by_rule")
+#: colours of analog FF's update rules (analogff.ff.AnalogLayer) in plot_accuracy_vs_energy_by_rule
+RULE_COLORS = {"onarray": "tab:red", "adam": "tab:purple", "momentum": "tab:brown", "normalized": "tab:olive",
+               "sgd": "tab:gray"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +321,51 @@ def plot_accuracy_vs_energy(runs: Run | Sequence[Run], ax: Axes | None = None) -
     return _root(ax)
 
 
+def analog_rule(run: Run, method: str = "analog_ff") -> str:
+    """The update rule analog FF ran with: recorded by the run (the resolved rule), else its config."""
+    m = run["methods"].get(method, {})
+    return str(m.get("analog_update") or run.get("config", {}).get("analog_update") or "?")
+
+
+def plot_accuracy_vs_energy_by_rule(runs: Run | Sequence[Run], ax: Axes | None = None) -> Figure:
+    """The trade-off in one picture: test accuracy vs training energy per sample (log axis) of analog
+    FF for every (profile, update rule) among ``runs``, colour = the rule (on-array learning, the
+    periphery's Adam, plain pulses, ...), with digital FF and BP as black stars. Each point is
+    labelled with its profile."""
+    runs = _as_list(runs)
+    ax = _axes(ax, size=(8.5, 4.8))
+    points: dict[tuple, tuple[str, str]] = {}  # (label, J, acc) -> (kind, colour)
+    for run in runs:
+        for method, m in run["methods"].items():
+            energy, acc = m.get("train_energy_per_sample_J") or 0.0, m.get("test_accuracy")
+            if acc is None or energy <= 0:
+                continue
+            if method == "analog_ff":
+                rule = analog_rule(run, method)
+                points.setdefault((device_label(run), energy, 100 * acc), (rule, RULE_COLORS.get(rule, "tab:gray")))
+            elif method in ("digital_ff", "digital_bp"):
+                points.setdefault((method.replace("_", " "), energy, 100 * acc), ("digital", "black"))
+    ax.set_title("Analog FF: accuracy vs training energy, by update rule")
+    if not points:
+        _no_data(ax, "no run with an accuracy and a positive training energy")
+        return _root(ax)
+    for (_, energy, acc), (kind, colour) in points.items():
+        ax.scatter([energy], [acc], color=colour, marker="*" if kind == "digital" else "o",
+                   s=140 if kind == "digital" else 60, edgecolor="black", linewidth=0.5, zorder=3)
+    for kind, colour in dict.fromkeys(points.values()):
+        ax.scatter([], [], color=colour, marker="*" if kind == "digital" else "o", edgecolor="black", linewidth=0.5,
+                   label={"onarray": "on-array (transfer compound)", "adam": "periphery Adam",
+                          "sgd": "plain pulsed SGD", "digital": "digital FF / BP"}.get(kind, kind))
+    ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.12)
+    ax.set_xlabel("training energy per sample (J)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax)
+    _annotate_where_free(ax, [(e, a, lab) for (lab, e, a) in points])
+    return _root(ax)
+
+
 def _annotate_where_free(ax: Axes, points: list[tuple[float, float, str]], fontsize: int = 7) -> None:
     """Label each point right or left of it, above or below, skipping labels that would overlap.
 
@@ -463,7 +511,7 @@ def energy_breakdown_figure(runs: Run | Sequence[Run]) -> Figure:
 
 
 def save_all(runs: Run | Sequence[Run], out_dir: str | Path, dpi: int = 120) -> list[Path]:
-    """Write the five figures as PNG into ``out_dir`` (created if needed); returns their paths."""
+    """Write the six figures as PNG into ``out_dir`` (created if needed); returns their paths."""
     runs = _as_list(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -473,6 +521,7 @@ def save_all(runs: Run | Sequence[Run], out_dir: str | Path, dpi: int = 120) -> 
         "accuracy_vs_energy": plot_accuracy_vs_energy(runs),
         "drift": plot_drift(runs),
         "accuracy_vs_adc_bits": plot_accuracy_vs_adc_bits(runs),
+        "accuracy_vs_energy_by_rule": plot_accuracy_vs_energy_by_rule(runs),
     }
     paths = []
     for name in FIGURE_NAMES:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draw the five figures (accuracy per epoch, energy breakdown, accuracy vs energy, drift, ADC bits).
+"""Draw the six figures (accuracy per epoch, energy breakdown, accuracy vs energy, drift, ADC bits, by update rule).
 
     python experiments/make_figures.py runs/mnist_pcm_s0 runs/mnist_sweep_s0 --out docs/figures
 

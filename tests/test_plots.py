@@ -148,12 +148,12 @@ def test_skipped_drift_is_explained(run):
     assert not ax.lines and any("noise_model" in t.get_text() for t in ax.texts)
 
 
-def test_save_all_writes_five_pngs(run, adc_sweep, tmp_path):
+def test_save_all_writes_every_png(run, adc_sweep, tmp_path):
     paths = plots.save_all([run, *plots.find_runs(adc_sweep)], tmp_path / "figs")
     assert [p.name for p in paths] == [f"{n}.png" for n in plots.FIGURE_NAMES]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-    assert len(plots.save_all([], tmp_path / "empty")) == 5
+    assert len(plots.save_all([], tmp_path / "empty")) == len(plots.FIGURE_NAMES)
 
 
 def _make_figures():
@@ -167,7 +167,7 @@ def test_make_figures_cli(run_dir, tmp_path, capsys):
     make_figures = _make_figures()
     assert make_figures([str(run_dir), "--out", str(tmp_path / "figs")]) == 0
     printed = capsys.readouterr().out.split()
-    assert len(printed) == 5 and all(Path(p).is_file() for p in printed)
+    assert len(printed) == len(plots.FIGURE_NAMES) and all(Path(p).is_file() for p in printed)
     assert make_figures([str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "absent" in err and not (tmp_path / "x").exists()
@@ -190,4 +190,22 @@ def test_notebook_executes_and_draws(run_dir, tmp_path, monkeypatch):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "1 run(s)" in "".join(o.get("text", "") for o in code[0].outputs)
     images = [c for c in code[1:] if any("image/png" in o.get("data", {}) for o in c.outputs)]
-    assert len(images) == len(code) - 1 == 5
+    assert len(images) == len(code) - 1 == len(plots.FIGURE_NAMES)
+
+
+def test_accuracy_vs_energy_by_rule_colours_each_rule(run, tmp_path):
+    """One point per (profile, rule): the recorded rule picks the colour; digital methods are stars."""
+    import copy
+
+    other = copy.deepcopy(run)
+    other["methods"]["analog_ff"]["analog_update"] = "onarray"
+    other["methods"]["analog_ff"]["train_energy_per_sample_J"] *= 0.5
+    other["device_profile"]["name"] = "pcm_like_onarray"
+    fig = plots.plot_accuracy_vs_energy_by_rule([run, other])
+    ax = fig.axes[0]
+    colours = {tuple(c.get_facecolor()[0][:3]) for c in ax.collections if len(c.get_offsets())}
+    from matplotlib.colors import to_rgb
+
+    assert to_rgb(plots.RULE_COLORS["onarray"]) in colours and to_rgb("black") in colours
+    assert plots.analog_rule(other) == "onarray"
+    assert "no data" not in " ".join(t.get_text() for t in ax.texts)
