@@ -147,7 +147,8 @@ def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeat
         x, d = batch()
         y = x @ w_dig.T  # the pos and the neg forward
         g = d.T @ x  # the local update matrix
-        w_dig.add_(adam_dig(g) if rule == "adam" else g, alpha=-lr)
+        # the digital FF step: Adam (onarray is compared with digital FF's own Adam step)
+        w_dig.add_(adam_dig(g) if rule in ("adam", "onarray") else g, alpha=-lr if rule != "onarray" else -1e-3)
         del y
 
     time_steps(digital_step, 2, budget_s, device)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or pick_threads()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, AnalogLayer, LR, RULE
+    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, AnalogLayer
     global adam_direction
     from analogff.crossbar import Crossbar
     from analogff.devices import list_devices, load_device
@@ -257,13 +258,14 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # as the main job does (for every engine and the digital step alike)
 
-    try:
-        job = ExperimentConfig()
-        LR, RULE = float(job.ff_lr_analog), str(job.analog_update)
-    except Exception:  # keep the module defaults
-        pass
-    if RULE not in ("sgd", "normalized", "adam"):
-        RULE = "adam"
+    from analogff.experiment import analog_rule
+
+    job = ExperimentConfig()
+
+    def main_rule(prof: Path) -> tuple[str, float]:
+        """The main job's update rule and lr on this profile ("auto": onarray on a transfer compound,
+        else adam; the rule's default lr)."""
+        return analog_rule(job, load_device(prof))
 
     widths = [256, 500] if args.quick else [256, 500, 1000, 2000]
     if args.widths is not None:
@@ -291,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Engine speed: one analog FF step (forward of 2 x {BATCH} rows + one update), {where}\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}), torch device {device}, ANALOGFF_COMPILE="
-          f"{os.environ.get('ANALOGFF_COMPILE', 'auto')}; median of {repeats} steps; update rule {RULE}, lr {LR}, "
+          f"{os.environ.get('ANALOGFF_COMPILE', 'auto')}; median of {repeats} steps; update rule of the main job "
+          f"({job.analog_update}: per profile), "
           f"MNIST rows, {args.batches} mini-batch(es) in turn\n")
 
     def ms(r: dict, key: str) -> str:
@@ -309,15 +312,17 @@ def main(argv: list[str] | None = None) -> int:
               "torch time / digital | torch in AnalogLayer samples/s | torch first step (compile), s |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in widths:
+        rule, lr = main_rule(sweep_profile)
         r = bench_width(sweep_profile, IN, width, engines, repeats, budget, gen, crossbar="torch" in engines, batches=args.batches,
-                        device=device)
+                        device=device, rule=rule, lr=lr)
         print(f"| {width} | {rate(r, 'digital')} | {rate(r, 'torch')} | {rate(r, 'aihwkit')} | "
               f"{ratio(r, 'aihwkit', 'torch')} | {ratio(r, 'torch', 'digital', 1)} | {rate(r, 'torch_xbar')} | "
               f"{r.get('torch_first', float('nan')):.1f} |", flush=True)
 
     print(f"\n## Every profile at {IN} x 500, two pulse densities\n")
-    print(f"*main job*: the update rule and lr of ExperimentConfig ({RULE}, lr {LR}; adam: the periphery's "
-          f"Adam step transferred row by row, the digital step with the same Adam); *dense*: plain pulses "
+    print(f"*main job*: the update rule and lr of the main job on each profile (adam, lr 1e-3: the periphery's "
+          f"Adam step transferred row by row, the digital step with the same Adam; onarray, lr 0.01, on a transfer "
+          f"compound: d^T x pulsed onto its fast array and the transfer, against digital FF's Adam step); *dense*: plain pulses "
           f"with the `normalized` rule at lr {DENSE_LR} (hundreds of pulses per device and step: aihwkit's "
           "seconds-long updates). ms per step; epoch = 600 steps of a 784-500-500 net on the torch engine "
           "(engine time only, main job).\n")
@@ -326,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
           "torch / aihwkit (dense) | torch time / digital | epoch s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for prof in profiles:
-        r = bench_width(prof, IN, 500, engines, repeats, budget, gen, device=device, batches=args.batches)
+        rule, lr = main_rule(prof)
+        r = bench_width(prof, IN, 500, engines, repeats, budget, gen, device=device, batches=args.batches,
+                        rule=rule, lr=lr)
         rd = bench_width(prof, IN, 500, engines, repeats, budget, gen, rule="normalized", lr=DENSE_LR, device=device,
                          batches=args.batches)
         r2 = bench_width(prof, 500, 500, [e for e in engines if e == "torch"], repeats, budget, gen, device=device,
-                         batches=args.batches)
+                         batches=args.batches, rule=rule, lr=lr)
         epoch = f"{600 * (r['torch'] + r2['torch']):.0f}" if "torch" in r else "-"
         print(f"| {prof.stem} | {load_device(prof).preset} | {ms(r, 'digital')} | "
               f"{r.get('pulses_per_device', float('nan')):.1f} | {ms(r, 'torch')} | {ms(r, 'aihwkit')} | "
