@@ -31,12 +31,13 @@ from analogff.devices import load_device  # noqa: E402
 from analogff.ff import FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
 
 
-def run(device: str, engine: str, seed: int, data: dict, dims: list[int], cfg: FFConfig) -> tuple[float, float, float]:
+def run(device: str, engine: str, seed: int, data: dict, dims: list[int], cfg: FFConfig,
+        epochs: int = 1) -> tuple[float, float, float]:
     """(test accuracy by goodness, by the softmax head, seconds) of one short training run."""
     net = FFNet(dims, layer="analog", device=ROOT / "devices" / f"{device}.toml",
                 config=replace(cfg, engine=engine, seed=seed))
     t = time.perf_counter()
-    hist = train_ff(net, data, epochs=1, seed=seed, progress=False)
+    hist = train_ff(net, data, epochs=epochs, seed=seed, progress=False)
     return hist[-1]["test_acc_goodness"], hist[-1]["test_acc_softmax"], time.perf_counter() - t
 
 
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-samples", type=int, default=10000)
     p.add_argument("--test-samples", type=int, default=10000)
     p.add_argument("--dims", default="784,500,500")
-    p.add_argument("--update", default="adam", help="analog periphery update rule")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--update", default="auto", help="analog update rule (auto: onarray on a transfer compound, else adam)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the rule's, analogff.ff.ANALOG_LR)")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     for dev in args.devices:  # a bad profile: one line naming it, before any work
@@ -62,19 +64,26 @@ def main(argv: list[str] | None = None) -> int:
     data = {"train": (x[:args.train_samples], y[:args.train_samples]),
             "test": (xt[:args.test_samples], yt[:args.test_samples])}
     dims = [int(v) for v in args.dims.split(",")]
-    cfg = FFConfig(analog_update=args.update, lr=args.lr, cooldown=0.0)
+    from analogff.ff import ANALOG_LR, resolve_analog_update
+    from analogff.engine.cells.transfer import algorithm_of
 
-    print(f"# Engine agreement: analog FF {dims}, {args.update} update, lr {args.lr}, 1 epoch on "
+    rules = {dev: resolve_analog_update(args.update, algorithm_of(load_device(ROOT / "devices" / f"{dev}.toml")
+                                                                  .rpu_config().device)) for dev in args.devices}
+
+    print(f"# Engine agreement: analog FF {dims}, {args.update} update ({', '.join(f'{d}: {r}' for d, r in rules.items())}), "
+          f"lr {args.lr or 'the rule default'}, {args.epochs} epoch(s) on "
           f"{args.train_samples} MNIST training images, {args.test_samples} test images, seeds {args.seeds}\n")
     print("| profile | seed | aihwkit acc (goodness / softmax) | torch acc (goodness / softmax) | "
           "aihwkit s | torch s |")
     print("|---|---:|---:|---:|---:|---:|")
     summary = []
     for dev in args.devices:
+        rule = rules[dev]
+        cfg = FFConfig(analog_update=rule, lr=args.lr if args.lr is not None else ANALOG_LR[rule], cooldown=0.0)
         diffs = []
         for seed in args.seeds:
-            ga, sa, ta = run(dev, "aihwkit", seed, data, dims, cfg)
-            gt, st, tt = run(dev, "torch", seed, data, dims, cfg)
+            ga, sa, ta = run(dev, "aihwkit", seed, data, dims, cfg, args.epochs)
+            gt, st, tt = run(dev, "torch", seed, data, dims, cfg, args.epochs)
             diffs.append(100 * (gt - ga))
             print(f"| {dev} | {seed} | {100 * ga:.2f} % / {100 * sa:.2f} % | {100 * gt:.2f} % / {100 * st:.2f} % | "
                   f"{ta:.0f} | {tt:.0f} |", flush=True)
