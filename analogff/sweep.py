@@ -290,7 +290,8 @@ def _check_ray_address(address: str, threads: int):
             raise GridError(f"--ray {address!r}: expected HOST:PORT of a running Ray cluster's head "
                             f"(ray start --head prints it) or 'local'")
         host, port = m.group(1), int(m.group(2))
-    if address == "local" or host in ("127.0.0.1", "localhost", "::1"):
+    loopback = address == "local" or host in ("127.0.0.1", "localhost", "::1")
+    if loopback:
         # a cluster on this machine's loopback: Ray would otherwise replace 127.0.0.1 by the host's
         # address (and, for 'local', listen on every interface)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -298,6 +299,13 @@ def _check_ray_address(address: str, threads: int):
         import ray
     except ImportError:
         raise GridError("--ray needs the ray package: pip install 'analogff[ray]' (or pip install ray)") from None
+    if loopback:  # ray may have been imported before the variable was set
+        try:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        except (ImportError, AttributeError):
+            pass
     if host is not None:
         try:
             with socket.create_connection((host, port), timeout=5):
