@@ -120,7 +120,8 @@ def test_failing_cell_is_recorded_and_others_finish(tmp_path, monkeypatch):
     by = {r["dataset"]: r for r in rows(out)}
     assert by["mnist"]["status"] == "done" and by["fashion_mnist"]["status"] == "failed"
     assert "Fashion-MNIST not found" in by["fashion_mnist"]["error"] and "\n" not in by["fashion_mnist"]["error"]
-    assert not (out / "fashion_mnist" / "results.json").exists() and (out / "mnist" / "results.json").exists()
+    assert not (out / by["fashion_mnist"]["cell"] / "results.json").exists()
+    assert (out / by["mnist"]["cell"] / "results.json").exists()
     assert "## Failed cells" in (out / "report.md").read_text()
 
 
