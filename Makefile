@@ -1,18 +1,24 @@
 # analogff: `make demo` runs the main job, `make test` runs the tests. Both set themselves up.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup setup-test demo test bench sweep-bench clean-venv
 setup:
 	bash scripts/setup.sh
 
-demo: setup
-	$(PY) experiments/mnist_analog.py $(ARGS)
+setup-test:
+	ANALOGFF_EXTRAS=dev,ray bash scripts/setup.sh
 
-test: setup
+demo: setup
+	.venv/bin/analogff run $(ARGS)
+
+test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) benchmarks/engine_speed.py
+	.venv/bin/analogff bench engine $(ARGS)
+
+sweep-bench: setup
+	.venv/bin/analogff bench sweep $(ARGS)
 
 clean-venv:
 	rm -rf .venv

@@ -62,11 +62,15 @@ if ! "$VPY" -c "import aihwkit" 2>/dev/null; then
   "${PIP[@]}" --no-deps "$WHEELS"/aihwkit-*.whl
 fi
 
-# 3. the project itself (editable) with the dev extra
-if ! "$VPY" -c "import analogff, pytest, hypothesis, nbclient" 2>/dev/null \
+# 3. the project itself (editable) with the dev extra, and the extras named in ANALOGFF_EXTRAS
+#    (comma list; `make test` adds ray so that the Ray sweep test runs); pip caches the wheels
+EXTRAS=${ANALOGFF_EXTRAS:-dev}
+IMPORTS="analogff, pytest, hypothesis, nbclient"
+case ",$EXTRAS," in *,ray,*) IMPORTS="$IMPORTS, ray" ;; esac
+if ! "$VPY" -c "import $IMPORTS" 2>/dev/null || [ ! -x "$VENV/bin/analogff" ] \
    || [ pyproject.toml -nt "$VENV/.analogff-installed" ]; then
-  log "installing analogff (editable, dev extra)"
-  "${PIP[@]}" -e ".[dev]"
+  log "installing analogff (editable, extras: $EXTRAS)"
+  "${PIP[@]}" -e ".[$EXTRAS]"
   touch "$VENV/.analogff-installed"
 fi
 
