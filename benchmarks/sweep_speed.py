@@ -1,0 +1,73 @@
+"""Wall time of a 4-cell sweep with ``--jobs 2`` against the same cells one after another.
+
+    python benchmarks/sweep_speed.py                       # 4 seeds of a 10k-image analog + digital FF cell
+    python benchmarks/sweep_speed.py --train-limit 2000    # smaller cells
+
+Each variant runs as its own ``analogff sweep`` process into a fresh directory: ``--jobs 1`` (one
+process, the machine's threads: the fastest a single process does) and ``--jobs 2`` (two worker
+processes, one torch thread each). Prints both wall times, their ratio (target: at most 0.75x on two
+cores), the load average before and after, and whether both variants gave the same accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(out: Path, jobs: int, cell: list[str], grid: list[str]) -> float:
+    cmd = [sys.executable, "-m", "analogff.cli", "-q", "sweep", *cell, "--grid", *grid, "--jobs", str(jobs),
+           "--out", str(out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def accuracies(out: Path) -> dict[tuple[str, str], str]:
+    with (out / "summary.csv").open() as fh:
+        return {(r["cell"], r["method"]): r["test_accuracy"] for r in csv.DictReader(fh)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-limit", default="10000", help="training images per cell (default 10000)")
+    p.add_argument("--test-limit", default="2000", help="test images per cell (default 2000)")
+    p.add_argument("--methods", default="analog_ff,digital_ff")
+    p.add_argument("--device", default="ecram")
+    p.add_argument("--keep", metavar="DIR", help="keep the sweep directories here")
+    args = p.parse_args(argv)
+    cell = ["--epochs", "1", "--train-limit", args.train_limit, "--test-limit", args.test_limit,
+            "--methods", args.methods, "--device", args.device, "--drift-times", ""]
+    grid = ["seed=0,1,2,3"]
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sweep_speed_"))
+    print(f"# sweep speed: 4 cells (seed=0,1,2,3) of analogff run {' '.join(c or repr(c) for c in cell)}")
+    print(f"# {os.cpu_count()} cores, {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    load0 = os.getloadavg()
+    print(f"# load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
+    seq = sweep(base / "jobs1", 1, cell, grid)
+    print(f"--jobs 1 (one process, {os.cpu_count()} threads): {seq:.1f} s", flush=True)
+    par = sweep(base / "jobs2", 2, cell, grid)
+    print(f"--jobs 2 (two processes, 1 thread each): {par:.1f} s", flush=True)
+    load1 = os.getloadavg()
+    same = accuracies(base / "jobs1") == accuracies(base / "jobs2")
+    print(f"# load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    print(f"# same accuracies in both: {same} (1 vs 2 threads: float sums may round differently)")
+    ratio = par / seq
+    print(f"ratio jobs2 / jobs1: {ratio:.2f}x (target <= 0.75x): {'met' if ratio <= 0.75 else 'NOT met'}")
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
