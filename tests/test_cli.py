@@ -196,3 +196,42 @@ def test_console_script_and_module_entry_points():
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "mnist_analog.py"), "--epochs", "x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_pip_install_outside_the_checkout(tmp_path):
+    """A wheel of the checkout, installed into a fresh venv and run from elsewhere, finds its profiles."""
+    import site
+    import sysconfig
+    import venv
+
+    import shutil
+
+    src = tmp_path / "src"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "runs", "build", "*.egg-info", ".hypothesis", ".pytest_cache", "__pycache__", "notebooks"))
+    wheels = tmp_path / "wheels"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        str(src), "-w", str(wheels)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env_dir = tmp_path / "v"
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / "bin" / "python"
+    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    # torch, aihwkit, ... from this environment (after the venv's own site-packages, so the wheel wins)
+    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
+    (purelib / "zz_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    wheel = next(wheels.glob("analogff-*.whl"))
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(purelib),
+                        str(wheel)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = ("import analogff, sys; from analogff import cli; from analogff.devices import load_device; "
+            "assert analogff.__file__.startswith(sys.argv[1]), analogff.__file__; "
+            "print(analogff.__version__, load_device('pcm').name, load_device('devices/ecram.toml').name); "
+            "sys.exit(cli.main(['run', '--recipe', 'quick', '--print-config']))")
+    r = subprocess.run([str(py), "-c", code, str(purelib)], cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(f"{analogff.__version__} pcm ecram") and '"epochs": 1' in r.stdout
