@@ -287,6 +287,9 @@ def cmd_run(args: argparse.Namespace, prog: str = "analogff run") -> int:
     except FloatingPointError as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # ExperimentConfig's ConfigError (e.g. --resume with another config), a rule
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)  # that does not suit the profile, ...
+        return 2
     except KeyboardInterrupt:
         print("interrupted; continue with the same command plus --resume", file=sys.stderr)
         return 130

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import math
 import re
 import types
 import typing
@@ -155,9 +154,7 @@ class Option:
         elif kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad
-            value = float(value)
-            if not math.isfinite(value):
-                raise OptionError(f"{self.key}: must be a finite number, got {value!r}")
+            value = float(value)  # range checks (finite, > 0, ...): ExperimentConfig.validate()
         elif kind is str:
             if not isinstance(value, str):
                 raise bad
