@@ -102,14 +102,24 @@ def test_transfer_bookkeeping_equals_aihwkit(name):
 @pytest.mark.parametrize("name", PRESETS)
 def test_transfer_trajectories_match_aihwkit(name):
     runs = [_run(name, seed) for seed in range(3)]
-    mean = {eng: {k: sum(r[eng][k] for r in runs) / len(runs) for k in runs[0][eng]} for eng in ("aihwkit", "torch")}
-    a, t = mean["aihwkit"], mean["torch"]
+
+    def stats(key: str) -> tuple[float, float, float]:
+        """(aihwkit mean, torch mean, standard error of their difference) over the seeds."""
+        a = torch.tensor([r["aihwkit"][key] for r in runs], dtype=torch.float64)
+        t = torch.tensor([r["torch"][key] for r in runs], dtype=torch.float64)
+        return float(a.mean()), float(t.mean()), float((a.var() / len(runs) + t.var() / len(runs)).sqrt())
+
+    def close(key: str, rel: float, floor: float = 0.0) -> None:
+        a, t, se = stats(key)
+        assert abs(t - a) <= 4 * se + rel * abs(a) + floor, (key, a, t, se)
+
     # C: the weights' move along the target and their spread
-    assert abs(t["c_proj"] - a["c_proj"]) <= 0.15 * abs(a["c_proj"]) + 0.02 * a["c_std"] + 2e-5, (a, t)
-    assert t["c_std"] == pytest.approx(a["c_std"], rel=0.15, abs=2e-4), (a, t)
-    # A: the fast array
-    assert t["a_std"] == pytest.approx(a["a_std"], rel=0.12), (a, t)
+    c_std = stats("c_std")[0]
+    close("c_proj", 0.10, 0.01 * c_std + 1e-5)
+    close("c_std", 0.10, 1e-4)
+    # A: the fast array (c-TTv2's random choppers make its move along the target random: by the spread)
+    close("a_std", 0.08)
     if not name.startswith("ChoppedTTv2"):
-        assert abs(t["a_proj"] - a["a_proj"]) <= 0.12 * abs(a["a_proj"]) + 0.05 * a["a_std"], (a, t)
+        close("a_proj", 0.08, 0.02 * stats("a_std")[0])
     # H
-    assert t["h_abs"] == pytest.approx(a["h_abs"], rel=0.15, abs=0.01), (a, t)
+    close("h_abs", 0.08, 0.005)

@@ -313,19 +313,28 @@ class TransferCell:
         from ..mvm import _analog_mvm, _seeded
 
         n_in = self.shape[1]
-        onehot = torch.zeros(cols.numel(), n_in, device=a.device)
-        onehot[torch.arange(cols.numel(), device=a.device), cols] = 1.0
+        idx = self._col_index(cols)
+        onehot = torch.zeros(idx.numel(), n_in, device=a.device)
+        onehot[torch.arange(idx.numel(), device=a.device), idx] = 1.0
         with _seeded(rng):
             out = _analog_mvm().matmul(self.fast.w, onehot, self.tio, False, is_test=False)
         return out.T
 
-    def _count_read(self, cols: Tensor) -> None:
+    def _n_cols(self, cols: Tensor | slice) -> int:
+        return cols.stop - cols.start if isinstance(cols, slice) else int(cols.numel())
+
+    def _col_index(self, cols: Tensor | slice) -> Tensor:
+        if isinstance(cols, slice):
+            return torch.arange(cols.start, cols.stop, device=self.slow.device)
+        return cols
+
+    def _count_read(self, cols: Tensor | slice) -> None:
         """Into the engine's read tally: the transfer reads of A's columns ``cols``, each one MVM with
         one driven row (the DAC's 1) and every column converted by the transfer ADC; read power from
         A's conductances with the crossbar's mapping (a weight over its own device's bound)."""
         if self.reads is None:
             return
-        k, n_out = int(cols.numel()), self.shape[0]
+        k, n_out = self._n_cols(cols), self.shape[0]
         a = self.fast.w[:, cols]
         bp, bm = self.fast.bmax[:, cols].abs().clamp(min=1e-12), self.fast.bmin[:, cols].abs().clamp(min=1e-12)
         g = (a.clamp(min=0) / bp).clamp(0, 1) + (a.clamp(max=0).neg() / bm).clamp(0, 1)
@@ -337,7 +346,9 @@ class TransferCell:
         """Read k consecutive columns of A and write them onto C (one aihwkit transfer each)."""
         n_out, n_in = self.shape
         dev = self.slow.device
-        cols = (self.slice + torch.arange(k, device=dev)) % n_in
+        # the columns: a slice (views, no gathers) unless the sweep wraps around within them
+        cols = slice(self.slice, self.slice + k) if self.slice + k <= n_in else \
+            (self.slice + torch.arange(k, device=dev)) % n_in
         v = self._read(cols, rng)  # (out, k)
         self.transfers += k
         # full sweeps completed before each column (aihwkit counts one after the last column)
@@ -365,7 +376,7 @@ class TransferCell:
         max_steps = float(self.tup.desired_bl)
         mom = min(max(float(c.momentum), 0.0), 1.0)
         forget = bool(c.forget_buffer)
-        k = cols.numel()
+        k = self._n_cols(cols)
         n_out = self.shape[0]
         h = self.buffer[:, cols]
         write_cols = None
@@ -459,12 +470,13 @@ class TransferCell:
             return
         n_s = self._chop_samples()
         periodic = ((tc % n_s) + 1) == n_s
+        k = self._n_cols(cols)
         if bool(c.in_chop_random):
-            self._tally(ops=2 * cols.numel())  # a random number and a compare per column
+            self._tally(ops=2 * k)  # a random number and a compare per column
         if self.alg == "chopped":
-            flip = rng.rand((cols.numel(),)) < p if bool(c.in_chop_random) else periodic
+            flip = rng.rand((k,)) < p if bool(c.in_chop_random) else periodic
         else:
-            flip = periodic | (rng.rand((cols.numel(),)) < p) if bool(c.in_chop_random) else periodic
+            flip = periodic | (rng.rand((k,)) < p) if bool(c.in_chop_random) else periodic
         self.in_chop[cols] = torch.where(flip, -self.in_chop[cols], self.in_chop[cols])
         if self.alg == "dynamic":
             self.switched[cols] = flip.to(self.switched.dtype)
@@ -475,12 +487,19 @@ class TransferCell:
             u = u * write_cols[None, :].to(u.dtype)
         n_in = self.shape[1]
         n_out = self.shape[0]
-        idx = (torch.arange(n_out, device=u.device)[:, None] * n_in + cols[None, :]).reshape(-1)
         mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.tup, gran, self.slow.k)
         active = (mu_u + mu_d).reshape(-1) > 0
         n_act = int(torch.count_nonzero(active))
         if n_act == 0:
             return 0.0
+        if 8 * n_act > n_out * n_in:  # many devices: the whole array's kernel, no gathers (others get 0)
+            full = []
+            for m in (mu_u, mu_d, m2_u, m2_d):
+                f = torch.zeros(self.shape, device=u.device)
+                f[:, cols] = m
+                full.append(f)
+            return self.slow.pulse(full[0], full[1], full[2], full[3], rng, m2_scale=sc, one_sign=True)
+        idx = (torch.arange(n_out, device=u.device)[:, None] * n_in + self._col_index(cols)[None, :]).reshape(-1)
         sel = active.nonzero().squeeze(1)
         return self.slow.pulse(mu_u.reshape(-1)[sel], mu_d.reshape(-1)[sel], m2_u.reshape(-1)[sel],
                                m2_d.reshape(-1)[sel], rng, m2_scale=sc, index=idx[sel], one_sign=True)
