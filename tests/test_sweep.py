@@ -193,3 +193,19 @@ def test_sweep_on_a_real_local_ray_cluster(ray_cluster, tmp_path, monkeypatch):
     # resume through Ray: nothing to run
     assert cli.main(["sweep", *TINY, "--grid", "seed=0,1", "--ray", ray_cluster, "--out", str(out)]) == 0
     assert {x["status"] for x in rows(out)} == {"skipped"}
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_keys = st.sampled_from(["device", "seed", "ff.lr", "ff-loss", "hidden", "adc_bits", "colour", "", "=", "methods"])
+_vals = st.one_of(st.text(max_size=10), st.sampled_from(["0,1", "ecram,pcm", "[[1],[2]]", "[", ",", "nan", "hinton"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.tuples(_keys, st.sampled_from(["=", ""]), _vals).map("".join), max_size=4))
+def test_fuzzed_grids_parse_or_fail_in_one_line(items):
+    try:
+        parse_grid(items)
+    except GridError as exc:
+        assert len(str(exc).splitlines()) <= 1 or "\n" in "".join(items)
