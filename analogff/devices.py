@@ -144,8 +144,10 @@ class DeviceProfile:
         try:
             EnergyModel.from_profile(self)
         except ValueError as exc:
-            key = next((k for k in self.energy if k in str(exc)), "(energy)")
-            raise DeviceProfileError(self.source, f"energy.{key}", str(exc)) from None
+            key = next((k for k in self.energy if k in str(exc)), None)
+            if key is None and self.overrides:  # the overrides made a periphery the energy model cannot price
+                raise DeviceProfileError(self.source, "aihwkit.overrides", str(exc)) from None
+            raise DeviceProfileError(self.source, f"energy.{key or '(energy)'}", str(exc)) from None
 
     # -- aihwkit -------------------------------------------------------------------------------
     def rpu_config(self) -> Any:

@@ -34,8 +34,10 @@ from analogff.ff import FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
 def run(device: str, engine: str, seed: int, data: dict, dims: list[int], cfg: FFConfig,
         epochs: int = 1) -> tuple[float, float, float]:
     """(test accuracy by goodness, by the softmax head, seconds) of one short training run."""
-    net = FFNet(dims, layer="analog", device=ROOT / "devices" / f"{device}.toml",
-                config=replace(cfg, engine=engine, seed=seed))
+    # like with like: aihwkit keeps a transfer compound's buffer H in float, so the torch engine does too
+    # here ([periphery] buffer_bits is an analogff extension)
+    profile = replace(load_device(ROOT / "devices" / f"{device}.toml"), buffer_bits=None)
+    net = FFNet(dims, layer="analog", device=profile, config=replace(cfg, engine=engine, seed=seed))
     t = time.perf_counter()
     hist = train_ff(net, data, epochs=epochs, seed=seed, progress=False)
     return hist[-1]["test_acc_goodness"], hist[-1]["test_acc_softmax"], time.perf_counter() - t

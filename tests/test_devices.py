@@ -217,3 +217,12 @@ def test_mapping_init_range_sets_the_crossbar_scale():
     assert same.float().mean() > 0.9  # the rest: clipped by a device whose bound varies (w_max_dtod)
     assert (wb.abs() <= wa.abs() + 1e-6).all()
     assert Crossbar(50, 10, device=wide, engine="torch", init_range=0.3).w_scale == pytest.approx(a.w_scale)
+
+
+def test_override_beyond_the_energy_models_adc_range_blames_the_override():
+    """A tiny forward.out_res (hundreds of ADC bits) is an override the energy model cannot price: the
+    one-line error names aihwkit.overrides (it said energy.(energy), found by the fuzz test)."""
+    data = copy.deepcopy(VALID)
+    data["aihwkit"]["overrides"] = {"forward.out_res": 1e-125}
+    with pytest.raises(DeviceProfileError, match=r"x\.toml.*aihwkit\.overrides"):
+        profile_from_dict(data, source="x.toml")
