@@ -12,7 +12,8 @@ direction, so that A and C move), and the trajectories are compared:
   distributions (on the persistent weights where write noise hides the pulses' effect); c-TTv2's random choppers make A's move along the target direction itself random
   (it is multiplied by a chopper history), so A is compared by its spread there.
 
-The in_chop_prob of the chopped presets is raised for the test (0.2, AGAD 0.1) so that choppers
+The shipped on-array profiles (devices/*_agad|_cttv2|_ttv2.toml, their FF-tuned overrides) are
+compared the same way. The in_chop_prob of the chopped presets is raised for the test (0.2, AGAD 0.1) so that choppers
 flip and AGAD passes its warm-up (no C writes before each column was read ceil(1/p) times) within
 60 updates of a 64 x 32 tile; everything else is the preset's.
 """
@@ -35,7 +36,21 @@ PRESETS = [f"{fam}{dev}Preset" for fam in FAMILIES for dev in DEVICES]
 LR = {"TikiTaka": 0.1, "TTv2": 0.01, "ChoppedTTv2": 0.01, "AGAD": 0.01}
 
 
+PROFILES = sorted(p.stem for p in (__import__("pathlib").Path(__file__).resolve().parents[1] / "devices").glob("*.toml")
+                  if p.stem.endswith(("_agad", "_cttv2", "_ttv2")))
+
+
 def _config(name: str):
+    """The preset (or shipped profile, by name) with the test's chopper probabilities."""
+    if name in PROFILES:
+        from analogff.devices import load_device
+
+        cfg = load_device(name).rpu_config()
+        if name.endswith("_cttv2"):
+            cfg.device.in_chop_prob = 0.2
+        elif name.endswith("_agad"):
+            cfg.device.in_chop_prob = 0.1
+        return cfg
     cfg = getattr(presets, name)()
     if name.startswith("ChoppedTTv2"):
         cfg.device.in_chop_prob = 0.2
@@ -45,6 +60,8 @@ def _config(name: str):
 
 
 def _family(name: str) -> str:
+    if name in PROFILES:
+        return {"agad": "AGAD", "cttv2": "ChoppedTTv2", "ttv2": "TTv2"}[name.rsplit("_", 1)[1]]
     return next(f for f in sorted(FAMILIES, key=len, reverse=True) if name.startswith(f))
 
 
@@ -99,7 +116,7 @@ def test_transfer_bookkeeping_equals_aihwkit(name):
             assert torch.equal(chop, cell.in_chop.cpu() < 0)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS + PROFILES)
 def test_transfer_trajectories_match_aihwkit(name):
     runs = [_run(name, seed) for seed in range(3)]
 
@@ -119,7 +136,7 @@ def test_transfer_trajectories_match_aihwkit(name):
     close("c_std", 0.10, 1e-4)
     # A: the fast array (c-TTv2's random choppers make its move along the target random: by the spread)
     close("a_std", 0.08)
-    if not name.startswith("ChoppedTTv2"):
+    if _family(name) != "ChoppedTTv2":
         close("a_proj", 0.08, 0.02 * stats("a_std")[0])
     # H
     close("h_abs", 0.08, 0.005)
