@@ -460,7 +460,8 @@ def add_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="parallel worker processes on this machine (default 1)")
     s.add_argument("--threads-per-cell", type=_positive_int, default=None, metavar="N",
-                   help="torch threads (Ray: CPUs) per cell (default: cores // jobs, at least 1)")
+                   help="torch threads (Ray: CPUs) per cell (default: --threads if given, else cores // jobs "
+                        "and at least 1; on Ray 1)")
     s.add_argument("--ray", metavar="ADDRESS", help="run the cells on the Ray cluster at HOST:PORT, or 'local'")
     s.add_argument("--print-grid", action="store_true",
                    help="list the cells (name and axis values) and exit; nothing is written")
@@ -507,7 +508,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for c in cells:
             cell_state(c, out)  # another config in a cell's directory: error before anything runs
         jobs = args.jobs
-        threads = args.threads_per_cell or (1 if args.ray else max(1, (os.cpu_count() or 1) // jobs))
+        threads = (args.threads_per_cell or base.get("threads")
+                   or (1 if args.ray else max(1, (os.cpu_count() or 1) // jobs)))
         ray = _check_ray_address(args.ray, threads) if args.ray else None
     except (GridError, OptionError, RecipeError) as exc:
         raise UsageError(str(exc)) from None
