@@ -32,10 +32,12 @@ is the algorithm (C++ ``rpu_transfer_device.cpp``, ``rpu_buffered_transfer_devic
 
 Batched like the single-device cells (:mod:`..cells.single`): a mini-batch's A update is applied
 in two halves in order, with each sample's own count learning rate (folded into d: with update
-management, scaling d by c is scaling the learning rate by c); then the batch's transfers, K =
-``floor((n + B) / every) - floor(n / every)`` consecutive columns, are read together, after the
-whole batch (aihwkit reads column k after sample k, so its reads see A after fewer samples), and
-the choppers and the running means are updated column by column as aihwkit does. C's writes of one
+management, scaling d by c is scaling the learning rate by c); after each half, the transfers due
+within it, K = ``floor((n + hi) / every) - floor((n + lo) / every)`` consecutive columns, are read
+together (aihwkit reads column k after sample k: FF's batch is [positive; negative], whose
+contributions to A largely cancel, so a read after the positive half sees A as aihwkit's reads of
+those columns do, not the whole batch's net update), and the choppers and the running means are
+updated column by column as aihwkit does. C's writes of one
 transfer are one sample per column (element-wise moments, exact).
 
 Not implemented (refused, pointing to ``engine="aihwkit"``): more than 2 devices, ``gamma != 0``
@@ -263,31 +265,27 @@ class TransferCell:
         self.count_lr = float(lrs[-1])
         ref = float(lrs.mean())
         d = d * (lrs / ref)[:, None] if not bool((lrs == ref).all()) else d
-        flip = None
-        if self.chopped:
-            flip = (self.out_chop[:, None] * self.in_chop[None, :]) < 0  # (out, in)
-            if not bool(flip.any()):
-                flip = None
         k = min(2, b)
+        every = self._every(b)
+        n0 = self.n_updates
         pulses = 0.0
-        for i in range(k):
+        for i in range(k):  # each half's pulses, then the transfers due within it (aihwkit: after each sample)
             lo, hi = i * b // k, (i + 1) * b // k
             mu_u, mu_d, m2_u, m2_d, sc = _coincidence_moments(x[lo:hi], d[lo:hi], ref, self.up, self.gran_a, rng,
                                                               max(_SECOND_MOMENT_SAMPLES // k, 16))
-            if flip is not None:  # the chopper reverses the sign of A's update: swap raising and lowering
-                mu_u, mu_d = torch.where(flip, mu_d, mu_u), torch.where(flip, mu_u, mu_d)
-                m2_u, m2_d = torch.where(flip, m2_d, m2_u), torch.where(flip, m2_u, m2_d)
+            if self.chopped:  # the chopper reverses the sign of A's update: swap raising and lowering
+                flip = (self.out_chop[:, None] * self.in_chop[None, :]) < 0  # (out, in)
+                if bool(flip.any()):
+                    mu_u, mu_d = torch.where(flip, mu_d, mu_u), torch.where(flip, mu_u, mu_d)
+                    m2_u, m2_d = torch.where(flip, m2_d, m2_u), torch.where(flip, m2_u, m2_d)
             pulses += self.fast.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=i == k - 1)
-        every = self._every(b)
-        n0 = self.n_updates
-        self.n_updates += b
-        if every > 0:
-            left = self.n_updates // every - n0 // every
-            n_in = self.shape[1]
-            while left > 0:
-                kk = min(left, n_in)
-                pulses += self._transfer(kk, lr, rng)
-                left -= kk
+            if every > 0:
+                left = (n0 + hi) // every - (n0 + lo) // every
+                while left > 0:
+                    kk = min(left, self.shape[1])
+                    pulses += self._transfer(kk, lr, rng)
+                    left -= kk
+        self.n_updates = n0 + b
         self.slow.post_update(rng)
         return pulses
 
