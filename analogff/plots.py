@@ -308,17 +308,22 @@ def plot_accuracy_vs_energy(runs: Run | Sequence[Run], ax: Axes | None = None) -
         for i in analog_runs:
             ax.scatter([], [], color="0.6", marker=MARKERS[i % len(MARKERS)], edgecolor="black",
                        linewidth=0.5, label=labels[i])
-    ax.set_xscale("log")
-    ax.margins(x=0.2, y=0.12)
-    ax.set_xlabel("training energy per sample (J)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    _legend(ax)
+    _accuracy_energy_axes(ax, x_margin=0.2)
     _annotate_where_free(ax, [(e, a, labels[i] if method.startswith("analog") else method)
                               for (_, e, a), (method, i) in points.items()])
     if skipped:
         _note(ax, f"{skipped} result(s) without a positive training energy not shown")
     return _root(ax)
+
+
+def _accuracy_energy_axes(ax: Axes, x_margin: float) -> None:
+    """Test accuracy (%) against training energy per sample (J, log axis), gridded, with the legend."""
+    ax.set_xscale("log")
+    ax.margins(x=x_margin, y=0.12)
+    ax.set_xlabel("training energy per sample (J)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax)
 
 
 def analog_rule(run: Run, method: str = "analog_ff") -> str:
@@ -356,12 +361,7 @@ def plot_accuracy_vs_energy_by_rule(runs: Run | Sequence[Run], ax: Axes | None =
         ax.scatter([], [], color=colour, marker="*" if kind == "digital" else "o", edgecolor="black", linewidth=0.5,
                    label={"onarray": "on-array (transfer compound)", "adam": "periphery Adam",
                           "sgd": "plain pulsed SGD", "digital": "digital FF / BP"}.get(kind, kind))
-    ax.set_xscale("log")
-    ax.margins(x=0.25, y=0.12)
-    ax.set_xlabel("training energy per sample (J)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    _legend(ax)
+    _accuracy_energy_axes(ax, x_margin=0.25)
     _annotate_where_free(ax, [(e, a, lab) for (lab, e, a) in points])
     return _root(ax)
 
