@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -229,28 +230,30 @@ def runs_table(runs: list[tuple[Path, dict]], base: Path | None = None) -> str:
 
 
 def markdown_report(items: Sequence[str | Path], title: str | None = None, sections: Sequence[str] = SECTIONS,
-                    failed: Sequence[tuple[str, str]] = ()) -> str:
-    """The report of the runs found under ``items`` (see :func:`find_results`)."""
+                    failed: Sequence[tuple[str, str]] = (), level: int = 2) -> str:
+    """The report of the runs found under ``items`` (see :func:`find_results`); its tables under
+    headings of ``level`` (the title one above)."""
+    h = "#" * max(1, min(level, 6)) + " "
     paths = find_results(items) if items else []
     runs = [(p, load(p)) for p in paths]
     parents = {p.parent.parent for p in paths}
     base = parents.pop() if len(parents) == 1 and len(paths) > 1 else None
-    parts = [f"# {title}"] if title else []
+    parts = [f"{h[1:] if len(h) > 2 else h}{title}"] if title else []
     if base is not None:
         parts.append(f"Runs under `{base}`.")
     if runs:
         if "accuracy" in sections:
-            parts += ["## Accuracy and energy per sample", accuracy_table(runs, base)]
+            parts += [h + "Accuracy and energy per sample", accuracy_table(runs, base)]
         if "energy" in sections:
-            parts += ["## Training energy per sample, by component", energy_table(runs, base)]
+            parts += [h + "Training energy per sample, by component", energy_table(runs, base)]
         if "drift" in sections:
             t = drift_table(runs, base)
             if t:
-                parts += ["## Accuracy after programming (drift)", t]
+                parts += [h + "Accuracy after programming (drift)", t]
         if "runs" in sections:
-            parts += ["## Runs", runs_table(runs, base)]
+            parts += [h + "Runs", runs_table(runs, base)]
     if failed:
-        parts += ["## Failed cells", _table(["cell", "reason"], [[n, (e or "").replace("|", "/")] for n, e in failed])]
+        parts += [h + "Failed cells", _table(["cell", "reason"], [[n, (e or "").replace("|", "/")] for n, e in failed])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -260,24 +263,56 @@ def markdown_report(items: Sequence[str | Path], title: str | None = None, secti
 def add_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("runs", nargs="+", metavar="RUN",
+    p.add_argument("runs", nargs="*", metavar="RUN",
                    help="run directories, sweep directories, results.json files or globs of them")
     p.add_argument("--sections", default=",".join(SECTIONS), metavar="S1,S2",
                    help=f"comma list of tables from {','.join(SECTIONS)} (default all)")
     p.add_argument("--title", default=None, help="a heading for the report")
+    p.add_argument("--level", type=int, default=2, metavar="N", help="markdown level of the tables' headings (default 2)")
     p.add_argument("--out", default=None, metavar="FILE", help="write the markdown here (atomically) instead of stdout")
+    p.add_argument("--update", default=None, metavar="FILE",
+                   help="regenerate, in FILE, every block between '<!-- analogff report ARGS -->' and "
+                        "'<!-- /analogff report -->' from its ARGS (the README's tables); RUN is then ignored")
     return p
+
+
+BLOCK = re.compile(r"(<!-- analogff report (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /analogff report -->)", re.S)
+
+
+def update_blocks(text: str) -> str:
+    """``text`` with every report block regenerated from the arguments in its opening comment."""
+    def fresh(m: re.Match) -> str:
+        ns = add_parser(argparse.ArgumentParser(add_help=False)).parse_args(shlex.split(m.group("args")))
+        sections = [x.strip() for x in ns.sections.split(",") if x.strip()]
+        body = markdown_report(ns.runs, title=ns.title, sections=sections, level=ns.level)
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(fresh, text)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .cli import UsageError
 
+    if not args.runs and not args.update:
+        raise UsageError("give RUN directories or result files (or --update FILE)")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad or not sections:
         raise UsageError(f"--sections: unknown table {bad[0] if bad else args.sections!r}; choose from {','.join(SECTIONS)}")
     try:
-        text = markdown_report(args.runs, title=args.title, sections=sections)
+        if args.update:
+            target = Path(args.update)
+            if not target.is_file():
+                raise ReportError(f"--update {target}: no such file")
+            old = target.read_text()
+            new = update_blocks(old)
+            if new != old:
+                from .experiment import write_atomic
+
+                write_atomic(target, new)
+            print(f"{target}: {len(BLOCK.findall(old))} report block(s), {'updated' if new != old else 'unchanged'}")
+            return 0
+        text = markdown_report(args.runs, title=args.title, sections=sections, level=args.level)
     except ReportError as exc:
         raise UsageError(str(exc)) from None
     if args.out:
