@@ -58,15 +58,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the sys.stderr of the moment (pytest swaps it)."""
+class _ConsoleHandler(logging.StreamHandler):
+    """Progress (INFO) to the sys.stdout of the moment, warnings and errors to sys.stderr (so that
+    stderr holds only problems; pytest swaps both streams)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self._level = logging.INFO
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._level = record.levelno
+        super().emit(record)
 
     @property
     def stream(self):  # type: ignore[override]
-        return sys.stderr
+        return sys.stderr if self._level >= logging.WARNING else sys.stdout
 
     @stream.setter
     def stream(self, value) -> None:
@@ -74,8 +80,8 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
-        handler = _StderrHandler()
+    if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
+        handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.propagate = False
