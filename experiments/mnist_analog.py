@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Train Forward-Forward on a simulated analog crossbar next to digital FF and backprop; price it in joules.
+"""The main job, ``analogff run`` under its old name: Forward-Forward on a simulated analog crossbar
+next to digital FF and backprop, priced in joules.
 
-    python experiments/mnist_analog.py                       # default profile, real MNIST
-    python experiments/mnist_analog.py --device devices/pcm.toml --epochs 5
+    python experiments/mnist_analog.py                       # = analogff run (the ecram profile, real MNIST)
+    python experiments/mnist_analog.py --device pcm --epochs 5
     python experiments/mnist_analog.py --help
 
-See analogff/experiment.py for what is written (results.json, metrics.csv).
+Every flag is analogff run's (analogff/cli.py); see analogff/experiment.py for what is written
+(results.json, metrics.csv).
 """
 
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from analogff.experiment import main  # noqa: E402
+from analogff.cli import run_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(prog="mnist_analog.py"))
