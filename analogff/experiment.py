@@ -1,6 +1,7 @@
 """The main job: Forward-Forward on a crossbar vs digital FF vs digital (and analog) backprop.
 
-``python experiments/mnist_analog.py`` trains every requested method on the same real data and seed,
+``analogff run`` (analogff/cli.py; ``experiments/mnist_analog.py``, ``make demo``) trains every requested
+method on the same real data and seed,
 counts every operation, prices the counts with the energy model and writes, atomically:
 
 * ``DIR/results.json``: ``{"config": {...}, "dataset": str, "methods": {NAME: {"test_accuracy",
@@ -17,7 +18,6 @@ cannot be seeded).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -36,7 +36,7 @@ from .ff import ANALOG_UPDATES, FFConfig
 
 METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp")
 DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
-DEFAULT_DEVICE = "devices/ecram.toml"
+DEFAULT_DEVICE = "ecram"  #: a shipped profile (analogff.devices.shipped_profiles)
 DATASETS = ("mnist", "fashion_mnist")
 
 
@@ -537,110 +537,6 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, nothing written
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
-    if any(v < 0 or not math.isfinite(v) for v in vals):
-        raise argparse.ArgumentTypeError(f"drift times must be finite and >= 0, got {text!r}")
-    return vals
-
-
-def _methods(text: str) -> list[str]:
-    vals = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in vals if v not in METHODS]
-    if bad or not vals:
-        raise argparse.ArgumentTypeError(f"unknown method {bad[0] if bad else text!r}; choose from {','.join(METHODS)}")
-    return vals
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = ExperimentConfig()
-    p = _Parser(prog="mnist_analog.py", description=(
-        "Train Forward-Forward on a simulated analog crossbar (aihwkit device physics) next to digital FF "
-        "and digital backprop on real MNIST; count every operation and price it in joules."))
-    p.add_argument("--device", nargs="+", default=[d.device], metavar="TOML",
-                   help=f"device profile(s) in devices/ (default {d.device}); several run a sweep")
-    p.add_argument("--epochs", type=_positive, default=d.epochs)
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
-    p.add_argument("--hidden", type=_positive, nargs="+", default=d.hidden, metavar="N", help="hidden layer sizes")
-    p.add_argument("--methods", type=_methods, default=list(d.methods),
-                   help=f"comma-separated, from {','.join(METHODS)} (default {','.join(d.methods)})")
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>_<device>_s<seed>)")
-    p.add_argument("--drift-times", type=_floats, default=d.drift_times, metavar="T1,T2,...",
-                   help="seconds after programming at which to evaluate the trained analog net")
-    p.add_argument("--engine", choices=("torch", "aihwkit"), default=d.engine,
-                   help="crossbar engine: torch (fast, seeded) or aihwkit (reference C++ tiles)")
-    p.add_argument("--adc-bits", type=_positive, nargs="+", default=None, metavar="BITS",
-                   help="override the profile's ADC bits; several values run a sweep")
-    p.add_argument("--analog-update", choices=ANALOG_UPDATES, default=d.analog_update,
-                   help="analog FF update rule in the digital periphery (see analogff.ff.AnalogLayer)")
-    p.add_argument("--ff-lr-analog", type=float, default=d.ff_lr_analog,
-                   help="analog FF learning rate (adam: step size in weight units, ~1e-3; normalized: ~3e-4; "
-                        "sgd: ~0.1; momentum: ~0.01)")
-    p.add_argument("--ff-lr-digital", type=float, default=d.ff_lr_digital)
-    p.add_argument("--predict", choices=("goodness", "softmax"), default=d.predict)
-    p.add_argument("--train-limit", type=_positive, default=None, help="use only the first N training samples")
-    p.add_argument("--test-limit", type=_positive, default=None, help="use only the first N test samples")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--threads", type=_positive, default=d.threads, help="torch threads (default: torch's)")
-    return p
-
-
-def configs_from_args(args: argparse.Namespace) -> list[ExperimentConfig]:
-    """One config per (device, ADC bits); validates profiles before anything is written."""
-    from .devices import DeviceProfileError, load_device
-
-    devices = list(dict.fromkeys(args.device))
-    bits_list = args.adc_bits or [None]
-    profiles = {}
-    for path in devices:
-        if not Path(path).is_file():
-            raise SystemExit(f"mnist_analog.py: error: device profile {path} not found; profiles live in devices/*.toml")
-        try:
-            profiles[path] = load_device(path)
-        except DeviceProfileError as exc:
-            raise SystemExit(f"mnist_analog.py: error: {exc}") from None
-    sweep = len(devices) * len(bits_list) > 1
-    base = args.out or _default_out(f"runs/{args.dataset}_{profiles[devices[0]].name if not sweep else 'sweep'}"
-                                    f"_s{args.seed}", args.resume)
-    out = []
-    for path in devices:
-        for bits in bits_list:
-            sub = profiles[path].name + (f"_adc{bits}" if bits else "")
-            out.append(ExperimentConfig(
-                device=path, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                hidden=list(args.hidden), methods=list(args.methods), seed=args.seed,
-                out=str(Path(base) / sub) if sweep else base, drift_times=list(args.drift_times),
-                engine=args.engine, adc_bits=bits, analog_update=args.analog_update,
-                ff_lr_analog=args.ff_lr_analog, ff_lr_digital=args.ff_lr_digital, predict=args.predict,
-                train_limit=args.train_limit, test_limit=args.test_limit, threads=getattr(args, "threads", None)))
-    for cfg in out:  # one line, exit 2, nothing written
-        try:
-            cfg.validate()
-        except ConfigError as exc:
-            raise SystemExit(f"mnist_analog.py: error: {exc}") from None
-    return out
-
-
 def _default_out(stem: str, resume: bool) -> str:
     """Without --out: a new run takes the first free of stem, stem_2, ...; --resume the latest used."""
     used = [stem] + [f"{stem}_{i}" for i in range(2, 1000)]
@@ -650,46 +546,16 @@ def _default_out(stem: str, resume: bool) -> str:
     return next(p for p in used if not Path(p).exists())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    keep_freed_memory()
-    try:
-        configs = configs_from_args(args)
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-            return 2
-        raise
-    from .data import DatasetMissingError
+def build_parser():
+    """The main job's parser: ``analogff run``'s (analogff.cli), derived from ExperimentConfig."""
+    from .cli import run_parser
 
-    for cfg in configs:  # refuse to overwrite finished results unless resuming
-        if (Path(cfg.out) / "results.json").exists() and not args.resume:
-            print(f"mnist_analog.py: error: {cfg.out}/results.json exists; pass --resume to reuse it "
-                  f"or --out to write elsewhere", file=sys.stderr)
-            return 2
-    summary = []
-    try:
-        for cfg in configs:
-            print(f"== {cfg.dataset}, device {cfg.device}{'' if cfg.adc_bits is None else f', ADC {cfg.adc_bits} bits'}"
-                  f" -> {cfg.out}", flush=True)
-            results = run_one(cfg, resume=args.resume)
-            print(format_table(results), flush=True)
-            print(f"wrote {cfg.out}/results.json and {cfg.out}/metrics.csv", flush=True)
-            summary += summary_rows(results)
-    except DatasetMissingError as exc:
-        print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:
-        print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:  # e.g. --resume with another config
-        print(f"mnist_analog.py: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with the same command plus --resume", file=sys.stderr)
-        return 130
-    if len(configs) > 1:
-        base = Path(configs[0].out).parent
-        write_atomic(base / "summary.csv", _csv_text(summary))
-        print(f"wrote {base}/summary.csv")
-    return 0
+    return run_parser(prog="mnist_analog.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The main job from the command line: ``analogff run`` (analogff.cli) under the name of
+    experiments/mnist_analog.py. Returns the exit code."""
+    from .cli import run_main
+
+    return run_main(argv, prog="mnist_analog.py")
