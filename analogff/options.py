@@ -363,9 +363,10 @@ def config_from_dict(d: dict[str, Any]):
     return make_config(values)
 
 
-def config_argv(cfg, skip: tuple[str, ...] = ()) -> list[str]:
-    """The flags of ``analogff run`` that rebuild ``cfg`` from the defaults (only those that differ)."""
-    defaults = config_values(make_config({}))
+def config_argv(cfg, skip: tuple[str, ...] = (), base: dict[str, Any] | None = None) -> list[str]:
+    """The flags of ``analogff run`` that rebuild ``cfg`` from the defaults, or from the option
+    values ``base`` (a recipe's), giving only those that differ."""
+    defaults = config_values(make_config(base or {}))
     argv: list[str] = []
     for key, value in config_values(cfg).items():
         if key in skip or _same(value, defaults.get(key)):

@@ -128,8 +128,15 @@ def command(run: dict[str, Any], path: Path) -> str:
     try:
         from .options import config_argv, config_from_dict
 
+        from .recipes import RECIPES, recipe_values
+
         cfg = config_from_dict(run.get("config") or {})
         argv = config_argv(cfg, skip=("out",))
+        for name in RECIPES:  # the shortest spelling: from the defaults or from a recipe
+            if name != "main":
+                alt = ["--recipe", name, *config_argv(cfg, skip=("out",), base=recipe_values(name))]
+                if len(alt) < len(argv):
+                    argv = alt
     except Exception:  # noqa: BLE001: an old results file
         return "-"
     device = (run.get("config") or {}).get("device")
