@@ -176,6 +176,7 @@ class TransferCell:
         self.m_d = 0.0
         self.count_lr = 0.0
         self.transfers = 0  # columns read so far
+        self._pending: list[tuple[Tensor, Tensor, float, float]] = []  # C writes of this mini-batch
         self._new_tallies()
 
     def _new_tallies(self) -> None:
@@ -286,6 +287,7 @@ class TransferCell:
                     pulses += self._transfer(kk, lr, rng)
                     left -= kk
         self.n_updates = n0 + b
+        pulses += self._flush_writes(rng)
         self.slow.post_update(rng)
         return pulses
 
@@ -362,10 +364,25 @@ class TransferCell:
             u = -n_steps
             lr_t = float(getattr(self.cfg, "step", 1.0)) * self.gran_c
             gran = self.gran_c
-        pulses = self._write(cols, u, lr_t, gran, rng, write_cols)
+        if write_cols is not None:
+            u = u * write_cols[None, :].to(u.dtype)
+        # C is not read during the update: its writes wait for the end of the mini-batch, one kernel
+        # for all of them (the columns of one mini-batch's transfers are distinct)
+        self._pending.append((self._col_index(cols), u, lr_t, gran))
         self.transfer_counter += int(wrap < k)
         self.slice = (self.slice + k) % n_in
-        return pulses
+        return 0.0
+
+    def _flush_writes(self, rng: _Rng) -> float:
+        """Write the mini-batch's pending transfers onto C (see :meth:`_transfer`)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0.0
+        if len({(lr, gran) for _, _, lr, gran in pending}) > 1 or \
+                sum(int(c.numel()) for c, _, _, _ in pending) > self.shape[1]:  # cannot merge: one by one
+            return sum(self._write(c, u, lr, gran, rng) for c, u, lr, gran in pending)
+        cols = torch.cat([c for c, _, _, _ in pending])
+        return self._write(cols, torch.cat([u for _, u, _, _ in pending], 1), pending[0][2], pending[0][3], rng)
 
     def _buffer_step(self, cols: Tensor, v: Tensor, tc: Tensor, lr: float, rng: _Rng) -> tuple[Tensor, Tensor | None]:
         """H update and threshold of the buffered algorithms; returns the C steps n (out, k) and,
@@ -479,10 +496,8 @@ class TransferCell:
         if self.alg == "dynamic":
             self.switched[cols] = flip.to(self.switched.dtype)
 
-    def _write(self, cols: Tensor, u: Tensor, lr: float, gran: float, rng: _Rng, write_cols: Tensor | None) -> float:
+    def _write(self, cols: Tensor, u: Tensor, lr: float, gran: float, rng: _Rng) -> float:
         """``C[:, cols] -= lr * u`` as pulses: each column one sample with x = e_i (transfer_update)."""
-        if write_cols is not None:
-            u = u * write_cols[None, :].to(u.dtype)
         n_in = self.shape[1]
         n_out = self.shape[0]
         mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.tup, gran, self.slow.k)
@@ -490,7 +505,7 @@ class TransferCell:
         n_act = int(torch.count_nonzero(active))
         if n_act == 0:
             return 0.0
-        if 8 * n_act > n_out * n_in:  # many devices: the whole array's kernel, no gathers (others get 0)
+        if 3 * n_act > n_out * n_in:  # a third of the devices or more: the whole array's kernel, no gathers
             full = []
             for m in (mu_u, mu_d, m2_u, m2_d):
                 f = torch.zeros(self.shape, device=u.device)
