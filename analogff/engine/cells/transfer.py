@@ -298,7 +298,7 @@ class TransferCell:
         return self.update(eye, u.T.contiguous(), lr, rng)
 
     # -- the transfer --------------------------------------------------------------------------
-    def _read(self, cols: Tensor, rng: _Rng) -> Tensor:
+    def _read(self, cols: Tensor | slice, rng: _Rng) -> Tensor:
         """Columns ``cols`` of A read through the transfer forward, (out, K) in device units."""
         self._count_read(cols)
         a = self.fast.w[:, cols]
@@ -384,7 +384,7 @@ class TransferCell:
         cols = torch.cat([c for c, _, _, _ in pending])
         return self._write(cols, torch.cat([u for _, u, _, _ in pending], 1), pending[0][2], pending[0][3], rng)
 
-    def _buffer_step(self, cols: Tensor, v: Tensor, tc: Tensor, lr: float, rng: _Rng) -> tuple[Tensor, Tensor | None]:
+    def _buffer_step(self, cols: Tensor | slice, v: Tensor, tc: Tensor, lr: float, rng: _Rng) -> tuple[Tensor, Tensor | None]:
         """H update and threshold of the buffered algorithms; returns the C steps n (out, k) and,
         for AGAD, which columns may write (None: all)."""
         c = self.cfg
@@ -447,7 +447,7 @@ class TransferCell:
         """Bytes of one value of H: 4 (fp32), or buffer_bits / 8."""
         return 4.0 if self.buffer_bits is None else self.buffer_bits / 8.0
 
-    def _store_buffer(self, cols: Tensor, h: Tensor, threshold: float, rng: _Rng) -> None:
+    def _store_buffer(self, cols: Tensor | slice, h: Tensor, threshold: float, rng: _Rng) -> None:
         """H[:, cols] = h; with ``buffer_bits``, in fixed point: steps of threshold / 2^(bits-1),
         stochastic rounding (unbiased), saturating at +-(2^(bits-1) - 1) steps."""
         if self.buffer_bits is not None:
@@ -476,7 +476,7 @@ class TransferCell:
             return lr_t / max(self.count_lr, 1e-30) / bg
         return lr_t / bg
 
-    def _flip_choppers(self, cols: Tensor, tc: Tensor, rng: _Rng) -> None:
+    def _flip_choppers(self, cols: Tensor | slice, tc: Tensor, rng: _Rng) -> None:
         """The input choppers after each read of their column (chopped: random with in_chop_prob
         or every ceil(1/p) sweeps; AGAD: every ceil(1/p) sweeps, or also at random)."""
         c = self.cfg
