@@ -235,3 +235,20 @@ def test_pip_install_outside_the_checkout(tmp_path):
     r = subprocess.run([str(py), "-c", code, str(purelib)], cwd=work, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith(f"{analogff.__version__} pcm ecram") and '"epochs": 1' in r.stdout
+
+
+def test_readme_is_a_manual_whose_tables_are_report_output(monkeypatch):
+    """README <= 12 KB; its result tables (and docs/benchmarks.md's generated ones) are exactly what
+    ``analogff report --update`` writes from the result files named in each block."""
+    from analogff.report import BLOCK, update_blocks
+
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024
+    assert BLOCK.search(readme)
+    for doc in ("README.md", "docs/benchmarks.md"):
+        text = (ROOT / doc).read_text()
+        assert update_blocks(text) == text, f"{doc}: run analogff report --update {doc}"
+    for cmd in ("make demo", "make test", "analogff sweep", "--ray", "## Update rules", "docs/ARCHITECTURE.md",
+                "docs/energy.md", "docs/benchmarks.md"):
+        assert cmd in readme
