@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -164,17 +163,9 @@ def _flat(key: str, value: Any) -> Any:
 
 def read_values_file(path: str) -> dict[str, Any]:
     """Option values from a TOML/JSON file (a results.json: its config)."""
-    from .options import config_dict, options, resolve_key
+    from .options import config_dict, load_table_file, options, resolve_key
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--config {path}: no such file")
-    try:
-        data = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--config {path}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected a table of option values")
+    data = load_table_file(path, f"--config {path}", UsageError, "a table of option values")
     if isinstance(data.get("config"), dict) and "methods" in data:  # a results.json
         data = config_dict(data["config"])
     values: dict[str, Any] = {}

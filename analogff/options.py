@@ -39,6 +39,25 @@ class OptionError(ValueError):
     """A bad option name or value; the message is one line naming it and what is allowed."""
 
 
+def load_table_file(path: str, label: str, error: type[Exception], table: str = "a table") -> dict[str, Any]:
+    """The table of a TOML (by suffix) or JSON file, or ``error`` with one line naming ``label``
+    (e.g. "--config FILE") and what is wrong: no such file, not valid TOML/JSON, not ``table``."""
+    import tomllib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{label}: no such file")
+    kind = "TOML" if p.suffix == ".toml" else "JSON"
+    try:
+        data = tomllib.loads(p.read_text()) if kind == "TOML" else json.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{label}: not valid {kind}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{label}: expected {table}")
+    return data
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
     from . import experiment
     from .ff import ANALOG_UPDATES

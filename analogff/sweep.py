@@ -34,7 +34,6 @@ import socket
 import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,18 +95,9 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 def load_grid_file(path: str) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """(grid, base values) from a TOML or JSON file ``{KEY: [values], "base": {KEY: value}}``."""
-    from .options import OptionError, options, resolve_key
+    from .options import OptionError, load_table_file, options, resolve_key
 
-    p = Path(path)
-    if not p.is_file():
-        raise GridError(f"grid file {path}: no such file")
-    try:
-        data = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GridError(f"grid file {path}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if not isinstance(data, dict):
-        raise GridError(f"grid file {path}: expected a table {{KEY: [values]}}")
+    data = load_table_file(path, f"grid file {path}", GridError, "a table {KEY: [values]}")
     base_raw = data.pop("base", {})
     if not isinstance(base_raw, dict):
         raise GridError(f"grid file {path}: 'base' must be a table of option values")
