@@ -313,7 +313,8 @@ def analog_rule(cfg: ExperimentConfig, profile) -> tuple[str, float]:
 def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume: bool,
             on_epoch: Callable[[dict], None]) -> tuple[Any, dict[str, Any]]:
     from .energy import measured
-    from .ff import FFConfig, FFNet, train_ff
+    from .ff import FFNet
+    from .train import train_ff
 
     analog = name == "analog_ff"
     rule, lr = analog_rule(cfg, profile) if analog else (cfg.analog_update, cfg.ff_lr_digital)
@@ -456,7 +457,7 @@ def _run_spec(cfg: ExperimentConfig, profile) -> dict[str, Any]:
 
 def _check_resume(out: Path, spec: dict[str, Any]) -> None:
     """Refuse to resume a run made with another config: ConfigError naming the first differing field."""
-    from .ff import first_difference
+    from .train import first_difference
 
     saved = out / "state" / "config.json"
     if saved.exists():

@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analogff.devices import load_device  # noqa: E402
-from analogff.ff import FFConfig, FFNet, load_mnist_data, train_ff  # noqa: E402
+from analogff.ff import FFConfig, FFNet  # noqa: E402
+from analogff.train import load_mnist_data, train_ff  # noqa: E402
 
 
 def run(device: str, engine: str, seed: int, data: dict, dims: list[int], cfg: FFConfig,

@@ -16,29 +16,11 @@ from analogff.energy import (
     EnergyModel,
     EnergyReport,
     OpCounts,
-    digital_mac_bound,
-    h100_peak_J_per_mac,
-    hermes_calibration,
-    isaac_constants,
 )
 
 
 def approx(x, rel=1e-12):
     return pytest.approx(x, rel=rel, abs=0.0)
-
-
-# -- OpCounts ------------------------------------------------------------------------------------
-
-def test_opcounts_add_scale_reset_copy():
-    a = OpCounts(mvms=2, read_v2g_W=1.5, sram_bytes=10)
-    b = OpCounts(mvms=3, read_v2g_W=0.5, dram_bytes=4)
-    c = a + b
-    assert (c.mvms, c.read_v2g_W, c.sram_bytes, c.dram_bytes) == (5, 2.0, 10, 4)
-    snap = c.copy()
-    c.reset()
-    assert c.mvms == 0 and isinstance(c.mvms, int) and c.read_v2g_W == 0.0
-    assert snap.mvms == 5
-    assert a.scaled(0.5).mvms == 1.0
 
 
 # -- hand-computed energies ------------------------------------------------------------------------
@@ -253,7 +235,6 @@ def test_adc_point_consistency():
     assert c.adc_point == "custom" and c.adc_murmann_E0_J == 1e-12
     p = EnergyConstants().with_overrides(adc_point="p10")
     assert (p.adc_murmann_E0_J, p.adc_murmann_k_J) == MURMANN_POINTS["p10"]
-    assert isaac_constants().adc_J(8) == approx(16e-3 / (8 * 1.2e9))
 
 
 def _profile(energy=None, dac_bits=7, adc_bits=9, **physics):
@@ -296,46 +277,6 @@ def test_model_rejects_bad_bits_and_constants():
         EnergyModel(constants={"t_read_s": 1e-9})
 
 
-# -- calibration and sanity bounds ---------------------------------------------------------------------
-
-def test_hermes_calibration_within_2x_of_published():
-    r = hermes_calibration()
-    assert r["published_TOPS_per_W"] == 9.76
-    assert 0.5 <= r["ratio"] <= 2.0, r
-    # the MVM time comes from the published throughput: 2*256*256 ops / (63.1 TOPS / 64 cores)
-    assert r["t_read_s"] == pytest.approx(2 * 256 * 256 / (63.1e12 / 64), rel=1e-9)
-    four = hermes_calibration(mode="four_phase")
-    assert four["published_TOPS_per_W"] == 2.48 and 0.5 <= four["ratio"] <= 2.0, four
-    # an optimistic ADC point lands well above the chip (documented; not a calibration)
-    assert hermes_calibration(adc_point="p10")["modelled_TOPS_per_W"] > r["modelled_TOPS_per_W"]
-
-
-def test_independent_calibration_ambrogio_2023_within_2x():
-    """IBM's 14 nm analog-AI speech chip (Ambrogio et al., Nature 620, 768 (2023)): 12.4 TOPS/W.
-    No constant was chosen from it. The default (median) ADC point lands within 2x; the survey's
-    optimistic points overshoot it (p10 2.1x, min 2.2x), so this check, unlike HERMES alone, tells
-    the ADC points apart, if only just (docs/energy.md, "Calibration")."""
-    from analogff.energy import AMBROGIO_PUBLISHED, ambrogio_calibration
-
-    r = ambrogio_calibration()
-    assert AMBROGIO_PUBLISHED["TOPS_per_W"] == 12.4 and r["published_TOPS_per_W"] == 12.4
-    assert 0.5 <= r["ratio"] <= 2.0, r
-    assert ambrogio_calibration("p10")["ratio"] > 2.0 and ambrogio_calibration("min")["ratio"] > 2.0
-    # a tile of 512 rows x 512 weights (2,048 PCMs, 4 per weight): 2 x 512 x 512 operations per MVM
-    assert r["modelled_TOPS_per_W"] == pytest.approx(2 * 512 * 512 / r["energy_per_mvm_J"] / 1e12)
-
-
-def test_default_digital_mac_is_not_better_than_h100_peak():
-    # H100 SXM: 989.4 TFLOPS bf16 dense at 700 W -> ~1.41 TFLOPS/W -> ~1.41 pJ per MAC (2 FLOP/MAC)
-    assert 700 / 989.4e12 * 2 == approx(h100_peak_J_per_mac("bf16"))
-    assert 1.3e-12 < h100_peak_J_per_mac("bf16") < 1.5e-12
-    bound = digital_mac_bound()
-    assert bound["precision"] == EnergyConstants().digital_precision
-    assert bound["ok"], bound
-    assert EnergyModel().mac_J >= h100_peak_J_per_mac("bf16")
-    assert digital_mac_bound(EnergyConstants(digital_precision="fp16"))["ok"]
-
-
 def test_every_constant_has_a_unit_in_its_name():
     units = ("_J", "_s", "_V", "_S", "_W", "_J_per_byte", "_J_per_step", "_J_per_level", "_bytes", "_in_mults")
     for name in EnergyConstants.field_names():
@@ -348,45 +289,3 @@ def test_every_constant_has_a_unit_in_its_name():
 def test_energy_report_is_a_dataclass_with_total():
     r = EnergyReport({"adc": 1.0, "dac": 2.0})
     assert r.total_J == 3.0 and r.top(1) == [("dac", 2.0)]
-
-
-def test_measured_blocks_nest_and_restore():
-    import torch
-    from torch import nn
-
-    from analogff.energy import OpCounts, measured
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.counters = OpCounts(mvms=5)
-
-    net = Net()
-    with measured(net) as outer:
-        net.counters.mvms += 2
-        with measured(net) as inner:
-            net.counters.mvms += 3
-        assert inner.counts.mvms == 3
-    assert outer.counts.mvms == 5  # the inner block's work is seen by the enclosing block
-    assert net.counters.mvms == 5  # and nothing leaks out of the outermost block
-
-
-def test_measured_captures_a_crossbars_read_energy():
-    """A crossbar sums its read energy on its device until its counters are read: measured() must
-    see it inside the block and leave it out of the counters restored after the block."""
-    from pathlib import Path
-
-    import torch
-
-    from analogff.crossbar import Crossbar
-    from analogff.energy import measured
-
-    xbar = Crossbar(16, 8, device=Path(__file__).resolve().parents[1] / "devices" / "ecram.toml", engine="torch")
-    parent = torch.nn.Sequential(xbar)
-    xbar.forward(torch.rand(4, 16))
-    before = xbar.counters.read_v2g_W
-    assert before > 0
-    with measured(parent) as m:
-        xbar.forward(torch.rand(4, 16))
-    assert m.counts.read_v2g_W > 0 and m.counts.mvms == 4
-    assert xbar.counters.read_v2g_W == before and xbar.counters.mvms == 4
