@@ -38,6 +38,14 @@ METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp")
 DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
 DEFAULT_DEVICE = "ecram"  #: a shipped profile (analogff.devices.shipped_profiles)
 DATASETS = ("mnist", "fashion_mnist")
+#: the FF networks of the main job (``--variant``): the class of each, imported when it is used.
+#: supervised: Hinton's label-overlay FF (analogff.ff); recurrent: his top-down recurrent net
+#: (analogff.recurrent); unsupervised: hybrid negatives and a linear head (analogff.unsupervised)
+VARIANTS = {"supervised": ("analogff.ff", "FFNet"), "recurrent": ("analogff.recurrent", "RecurrentFFNet"),
+            "unsupervised": ("analogff.unsupervised", "UnsupervisedFFNet")}
+#: readouts of an FF net (``--predict``); auto: the goodness of the label trials where the variant
+#: has them (supervised, recurrent), the softmax head where it has only that (unsupervised)
+PREDICTIONS = ("auto", "goodness", "softmax")
 
 
 def keep_freed_memory() -> bool:
@@ -101,7 +109,13 @@ class ExperimentConfig:
     #: transfer-compound profile, else adam
     bp_lr: float = 1e-3  #: Adam learning rate of digital BP
     analog_bp_lr: float = 0.05  #: SGD learning rate of analog BP
-    predict: str = "goodness"  #: FF prediction for test accuracy and inference energy: goodness | softmax
+    predict: str = "auto"  #: FF prediction for test accuracy and inference energy: goodness | softmax |
+    #: auto (goodness where the variant has label trials, else its softmax head)
+    variant: str = "supervised"  #: FF network: supervised (label overlay) | recurrent (top-down) | unsupervised
+    architecture: str | None = None  #: a named layer structure instead of hidden (unsupervised: hinton_local,
+    #: local receptive fields; analogff.locally_connected.LOCAL_ARCHITECTURES)
+    probe_samples: int = 10000  #: after training, a linear softmax probe per FF layer, trained on this many
+    #: training images and tested on the test set (results.json layer_probe_accuracy); 0: none
     train_limit: int | None = None  #: use the first N training samples (smoke tests)
     test_limit: int | None = None  #: use the first N test samples (smoke tests)
     threads: int | None = None  #: torch.set_num_threads(threads) for the run; None: torch's default
@@ -146,8 +160,16 @@ class ExperimentConfig:
                 raise ConfigError(name, v, "a finite learning rate > 0")
         if self.analog_update not in ANALOG_UPDATES:
             raise ConfigError("analog_update", self.analog_update, f"one of {', '.join(ANALOG_UPDATES)}")
-        if self.predict not in ("goodness", "softmax"):
-            raise ConfigError("predict", self.predict, "goodness or softmax")
+        if self.predict not in PREDICTIONS:
+            raise ConfigError("predict", self.predict, " or ".join(PREDICTIONS))
+        if self.variant not in VARIANTS:
+            raise ConfigError("variant", self.variant, f"one of {', '.join(VARIANTS)}")
+        readouts = {"recurrent": ("goodness",), "unsupervised": ("softmax",)}.get(self.variant)
+        if readouts and self.predict not in ("auto", *readouts):
+            raise ConfigError("predict", self.predict, f"{readouts[0]} or auto (the {self.variant} variant's readout)")
+        if self.architecture is not None and self.variant != "unsupervised":
+            raise ConfigError("architecture", self.architecture, "none (a named architecture needs --variant unsupervised)")
+        _int_in("probe_samples", self.probe_samples, 0, MAX_BATCH_SIZE, "an integer (0: no probes)")
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
                 _int_in(name, getattr(self, name), 1, 10**9)
@@ -310,32 +332,56 @@ def analog_rule(cfg: ExperimentConfig, profile) -> tuple[str, float]:
     return rule, (ANALOG_LR[rule] if cfg.ff_lr_analog is None else float(cfg.ff_lr_analog))
 
 
+def readout(cfg: ExperimentConfig) -> str:
+    """The readout the run reports: ``cfg.predict``, "auto" resolved by the variant."""
+    if cfg.predict != "auto":
+        return cfg.predict
+    return "softmax" if cfg.variant == "unsupervised" else "goodness"
+
+
+def build_ff_net(cfg: ExperimentConfig, ffcfg, n_in: int, profile=None):
+    """The FF net of ``cfg.variant`` (analogff.experiment.VARIANTS): ``n_in`` inputs, then
+    ``cfg.hidden`` (or the named ``cfg.architecture``); analog layers on ``profile`` when given."""
+    import importlib
+
+    module, name = VARIANTS[cfg.variant]
+    cls = getattr(importlib.import_module(module), name)
+    kind = "analog" if profile is not None else "digital"
+    if cfg.architecture is not None:
+        return cls.from_architecture(cfg.architecture, layer=kind, device=profile, config=ffcfg)
+    return cls([n_in, *cfg.hidden], layer=kind, device=profile, config=ffcfg)
+
+
 def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume: bool,
             on_epoch: Callable[[dict], None]) -> tuple[Any, dict[str, Any]]:
     from .energy import measured
-    from .ff import FFNet
+    from .probes import layer_probe_accuracy
     from .train import train_ff
 
     analog = name == "analog_ff"
     rule, lr = analog_rule(cfg, profile) if analog else (cfg.analog_update, cfg.ff_lr_digital)
     ffcfg = replace(cfg.ff, lr=lr, seed=cfg.seed, engine=cfg.engine, analog_update=rule)
-    dims = [data["train"][0].shape[1], *cfg.hidden]
-    net = FFNet(dims, layer="analog" if analog else "digital", device=profile if analog else None, config=ffcfg)
+    net = build_ff_net(cfg, ffcfg, data["train"][0].shape[1], profile if analog else None)
     history = train_ff(net, data, ffcfg, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        checkpoint=str(ckpt), resume=resume, on_epoch=on_epoch, progress=True)
     x_test, y_test = data["test"]
+    predict = readout(cfg)
     with measured(net) as inf:
-        acc = net.accuracy(x_test, y_test, cfg.predict)
+        acc = net.accuracy(x_test, y_test, predict)
+    probes = layer_probe_accuracy(net, data["train"], data["test"], samples=cfg.probe_samples, seed=cfg.seed) \
+        if cfg.probe_samples else []
     extra = {
         "test_accuracy": acc,
         "test_accuracy_goodness": history[-1]["test_acc_goodness"] if history else None,
         "test_accuracy_softmax": history[-1]["test_acc_softmax"] if history else None,
-        "predict": cfg.predict,
+        "predict": predict,
+        "variant": cfg.variant,
+        "layer_probe_accuracy": probes,
         **({"analog_update": rule, "lr": lr} if analog else {}),
         "inference_counts": inf.counts,
         "periphery_state_bytes": int(getattr(net, "periphery_state_bytes", 0)),
         "history": history,
-        "drift": _drift(net, lambda: net.accuracy(x_test, y_test, cfg.predict), cfg.drift_times) if analog else {},
+        "drift": _drift(net, lambda: net.accuracy(x_test, y_test, predict), cfg.drift_times) if analog else {},
     }
     return net, extra
 

@@ -63,7 +63,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from .ff import ANALOG_UPDATES
 
     return {"dataset": tuple(experiment.DATASETS), "engine": ("torch", "aihwkit"),
-            "analog_update": tuple(ANALOG_UPDATES), "predict": ("goodness", "softmax"),
+            "analog_update": tuple(ANALOG_UPDATES), "predict": tuple(experiment.PREDICTIONS),
+            "variant": tuple(experiment.VARIANTS),
             "methods": tuple(experiment.METHODS)}
 
 
@@ -124,6 +125,8 @@ class Option:
             return None
         if self.is_list:
             items = [t.strip() for t in text.split(",") if t.strip()]
+            if self.element is int:  # "500x8": eight layers of 500 (a deep net in one token)
+                items = [w for t in items for w in _repeat(t, self.key)]
             return self.check([self._scalar(t, self.element) for t in items])
         return self.check(self._scalar(text, self.base))
 
@@ -192,6 +195,16 @@ class Option:
         if isinstance(value, (list, tuple)):
             return [",".join(_fmt(v) for v in value)]
         return [_fmt(value)]
+
+
+def _repeat(token: str, key: str) -> list[str]:
+    """``"500x8"`` -> eight ``"500"``; any other token as it is."""
+    m = re.fullmatch(r"(\d+)\s*[x*]\s*(\d+)", token)
+    if m is None:
+        return [token]
+    if not 1 <= int(m.group(2)) <= 1000:
+        raise OptionError(f"{key}: {token!r} repeats a width {m.group(2)} times; use 1 to 1000")
+    return [m.group(1)] * int(m.group(2))
 
 
 def _fmt(v: Any) -> str:
@@ -385,11 +398,16 @@ def config_from_dict(d: dict[str, Any]):
 def config_argv(cfg, skip: tuple[str, ...] = (), base: dict[str, Any] | None = None) -> list[str]:
     """The flags of ``analogff run`` that rebuild ``cfg`` from the defaults, or from the option
     values ``base`` (a recipe's), giving only those that differ."""
-    defaults = config_values(make_config(base or {}))
+    from .experiment import readout
+
+    default_cfg = make_config(base or {})
+    defaults = config_values(default_cfg)
     argv: list[str] = []
     for key, value in config_values(cfg).items():
         if key in skip or _same(value, defaults.get(key)):
             continue
+        if key == "predict" and cfg.variant == default_cfg.variant and readout(cfg) == readout(default_cfg):
+            continue  # e.g. "goodness" where "auto" means goodness: the same run
         opt = _options()[key]
         if opt.base is bool and not opt.optional:
             argv.append(opt.flags[0] if value else "--no-" + opt.flags[0][2:])

@@ -59,6 +59,32 @@ def test_results_schema_and_metrics(run_dir):
     assert ff["eval_counters"]["mvms"] == 2 * (10 * 200 + 200) and ff["eval_samples"] == 2 * 2 * 200
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 4 * 2 and {r["method"] for r in rows} == set(res["methods"])
+    # one linear probe per FF layer (here 1 layer), measured on the test set, outside the bill
+    for name in ("analog_ff", "digital_ff"):
+        m = res["methods"][name]
+        assert m["variant"] == "supervised" and m["predict"] == "goodness"
+        assert len(m["layer_probe_accuracy"]) == 1 and 0.1 < m["layer_probe_accuracy"][0] <= 1.0, m
+
+
+def test_hidden_nxk_and_variant_options_one_line_errors():
+    from analogff.experiment import ConfigError, readout
+    from analogff.options import OptionError, options
+
+    assert options()["hidden"].parse("500x8") == [500] * 8
+    assert options()["hidden"].parse("784,500x2,10") == [784, 500, 500, 10]
+    with pytest.raises(OptionError, match="repeats a width 0 times"):
+        options()["hidden"].parse("500x0")
+    assert readout(ExperimentConfig()) == "goodness"
+    assert readout(ExperimentConfig(variant="unsupervised")) == "softmax"
+    assert readout(ExperimentConfig(variant="recurrent")) == "goodness"
+    with pytest.raises(ConfigError, match="variant.*one of supervised, recurrent, unsupervised"):
+        ExperimentConfig(variant="lateral").validate()
+    with pytest.raises(ConfigError, match="predict.*softmax or auto"):
+        ExperimentConfig(variant="unsupervised", predict="goodness").validate()
+    with pytest.raises(ConfigError, match="architecture.*--variant unsupervised"):
+        ExperimentConfig(architecture="hinton_local").validate()
+    with pytest.raises(ConfigError, match="probe_samples"):
+        ExperimentConfig(probe_samples=-1).validate()
 
 
 def test_refuses_to_overwrite_without_resume(run_dir, capsys):
