@@ -36,7 +36,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 TIME_LABELS = {1: "1 s", 60: "1 min", 3600: "1 h", 86400: "1 day", 604800: "1 week",
                2592000: "1 month", 31536000: "1 year"}
 FIGURE_NAMES = ("accuracy_per_epoch", "energy_breakdown", "accuracy_vs_energy", "drift",
-                "accuracy_vs_adc_bits", "accuracy_vs_energy_by_rule")
+                "accuracy_vs_adc_bits", "accuracy_vs_energy_by_rule", "layer_probes")
 #: colours of analog FF's update rules (analogff.ff.AnalogLayer) in plot_accuracy_vs_energy_by_rule
 RULE_COLORS = {"onarray": "tab:red", "adam": "tab:purple", "momentum": "tab:brown", "normalized": "tab:olive",
                "sgd": "tab:gray"}
@@ -497,6 +497,34 @@ def plot_accuracy_vs_adc_bits(runs: Run | Sequence[Run], ax: Axes | None = None)
     return _root(ax)
 
 
+def plot_layer_probes(runs: Run | Sequence[Run], ax: Axes | None = None) -> Figure:
+    """Test accuracy of a linear probe on each FF layer (results.json ``layer_probe_accuracy``),
+    one line per method and run: does a deeper layer know the class better, or worse?"""
+    runs = _as_list(runs)
+    ax = _axes(ax)
+    labels = _labels(runs)
+    drawn = 0
+    for i, run in enumerate(runs):
+        for method in _ordered(run["methods"]):
+            acc = run["methods"][method].get("layer_probe_accuracy") or []
+            if not acc:
+                continue
+            ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=_color(method),
+                    linestyle=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
+                    label=_series_name(method, f"{labels[i]}, {run.get('dataset', '')}", 2))
+            drawn += 1
+    ax.set_xlabel("FF layer")
+    ax.set_ylabel("linear-probe test accuracy (%)")
+    ax.set_title("What each layer knows: a linear probe per layer")
+    if not drawn:
+        _no_data(ax, "no layer_probe_accuracy in the runs (probe_samples = 0?)")
+        return _root(ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _root(ax)
+
+
 def energy_breakdown_figure(runs: Run | Sequence[Run]) -> Figure:
     """Training and inference energy breakdowns side by side, one row per run."""
     runs = _as_list(runs)
@@ -511,7 +539,7 @@ def energy_breakdown_figure(runs: Run | Sequence[Run]) -> Figure:
 
 
 def save_all(runs: Run | Sequence[Run], out_dir: str | Path, dpi: int = 120) -> list[Path]:
-    """Write the six figures as PNG into ``out_dir`` (created if needed); returns their paths."""
+    """Write the figures (FIGURE_NAMES) as PNG into ``out_dir`` (created if needed); returns their paths."""
     runs = _as_list(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -522,6 +550,7 @@ def save_all(runs: Run | Sequence[Run], out_dir: str | Path, dpi: int = 120) -> 
         "drift": plot_drift(runs),
         "accuracy_vs_adc_bits": plot_accuracy_vs_adc_bits(runs),
         "accuracy_vs_energy_by_rule": plot_accuracy_vs_energy_by_rule(runs),
+        "layer_probes": plot_layer_probes(runs),
     }
     paths = []
     for name in FIGURE_NAMES:

@@ -209,3 +209,19 @@ def test_accuracy_vs_energy_by_rule_colours_each_rule(run, tmp_path):
     assert to_rgb(plots.RULE_COLORS["onarray"]) in colours and to_rgb("black") in colours
     assert plots.analog_rule(other) == "onarray"
     assert "no data" not in " ".join(t.get_text() for t in ax.texts)
+
+
+def test_layer_probes_draws_each_ff_methods_probes(run):
+    """One line per FF method with probes (BP has none), y = 100 x the recorded accuracies."""
+    import copy
+
+    deep = copy.deepcopy(run)
+    deep["methods"]["digital_ff"]["layer_probe_accuracy"] = [0.8, 0.85, 0.9]
+    ax = plots.plot_layer_probes(deep).axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert len(lines) == 2  # analog_ff (its real 1-layer probe) and digital_ff
+    dff = next(ln for label, ln in lines.items() if label.startswith("digital FF") or "digital_ff" in label)
+    assert list(dff.get_xdata()) == [1, 2, 3] and list(dff.get_ydata()) == pytest.approx([80, 85, 90])
+    for m in deep["methods"].values():
+        m.pop("layer_probe_accuracy", None)
+    assert "no layer_probe_accuracy" in " ".join(t.get_text() for t in plots.plot_layer_probes(deep).axes[0].texts)
