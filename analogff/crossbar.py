@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .devices import DeviceProfile, load_device
 from .accounting import BYTES_PER_VALUE, crossbar_forward, resident_state
 from .energy import OpCounts
+from .engine.reads import DEVICES_PER_WEIGHT
 
 ENGINES = ("aihwkit", "torch")
 
@@ -189,12 +190,28 @@ class Crossbar(nn.Module):
         self.set_weights(w0)
 
     # -- the three things a layer does -----------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        """Analog MVM: activities (B, in) -> ADC outputs in logical units (B, out)."""
-        x2 = self._check_input(x, self.in_features, "x")
-        self._count_forward(x2)
+    def forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Analog MVM: activities (B, in) -> ADC outputs in logical units (B, out).
+
+        ``rows``: indices of the rows driven (distinct); x then holds their values, (B, len(rows)).
+        The other rows are held at 0 V: they take no DAC conversion and draw no read current, and
+        their devices are not counted as read. The noise management scales by the driven values
+        only (their abs-max), so a read of a few small values has proportionally small output noise.
+        """
+        if rows is None:
+            x2, n_driven = self._check_input(x, self.in_features, "x"), self.in_features
+        else:
+            idx = torch.as_tensor(rows, dtype=torch.long).flatten()
+            if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.in_features \
+                    or idx.unique().numel() != idx.numel():
+                raise ValueError(f"rows must be distinct row indices in 0..{self.in_features - 1}, got {idx.tolist()}")
+            xr = self._check_input(x, idx.numel(), "x")
+            x2 = xr.new_zeros(xr.shape[0], self.in_features)
+            x2[:, idx.to(x2.device)] = xr
+            n_driven = idx.numel()
+        self._count_forward(x2, n_driven)
         y = self.engine.forward(x2, is_test=not self.training)
-        self._add_reads()  # bound-management retries
+        self._add_reads(n_driven=n_driven)  # bound-management retries
         return (y * self.w_scale).to(x.device).reshape(*x.shape[:-1], self.out_features)
 
     def update(self, x: Tensor, d: Tensor, lr: float) -> None:
@@ -447,9 +464,11 @@ class Crossbar(nn.Module):
             self._gsum_out = (2 * self.in_features * p.g_min_S + (p.g_max_S - p.g_min_S) * rel, gsum_in)
         return self._gsum_out[0]
 
-    def _count_forward(self, x: Tensor) -> None:
-        # one pass per vector (the accounting's nominal forward; retries come with the engine's reads)
-        self._counters += crossbar_forward(x.shape[0], self.in_features, self.out_features)
+    def _count_forward(self, x: Tensor, n_driven: int | None = None) -> None:
+        # one pass per vector (the accounting's nominal forward; retries come with the engine's reads);
+        # n_driven: rows driven (the others at 0 V), all by default
+        rows = self.in_features if n_driven is None else n_driven
+        self._counters += crossbar_forward(x.shape[0], rows, self.out_features)
         self._add_read_energy(self._drive_energy(x, self.rpu_config.forward, self._column_conductance_sums()))
 
     def _drive_energy(self, x: Tensor, io: Any, gsum: Tensor) -> Tensor:
@@ -469,19 +488,24 @@ class Crossbar(nn.Module):
     def _add_read_energy(self, e: Tensor) -> None:
         self._read_pending = e if self._read_pending is None else self._read_pending + e
 
-    def _add_reads(self, backward: bool = False) -> None:
+    def _add_reads(self, backward: bool = False, n_driven: int | None = None) -> None:
         """Add the reads the torch engine did beyond one pass per vector (bound-management retries,
         PCM refresh, reads a cell adds: :meth:`analogff.engine.TorchPulsedEngine.take_reads`): their
         MVMs, conversions and devices read (retries of a transposed MVM as backward ones), and their
         read power: passes through this array priced with its conductances (per driven line), reads
         of any array from their relative terms, V_read^2 (g_min v2 + (g_max - g_min) v2g_rel).
-        (aihwkit's own tiles retry in C++, out of sight: the aihwkit engine adds nothing here.)"""
+        (aihwkit's own tiles retry in C++, out of sight: the aihwkit engine adds nothing here.)
+        ``n_driven``: after a forward that drove only that many rows, its retries convert and read
+        those rows only (the tally counts every row of each pass)."""
         take = getattr(self.engine, "take_reads", None)
         if take is None:
             return
         r = take()
         if not r:
             return
+        if n_driven is not None and n_driven != self.in_features:
+            r.dac_conversions = r.mvms * n_driven
+            r.device_reads = DEVICES_PER_WEIGHT * r.mvms * n_driven * self.out_features
         c = self._counters
         if backward:
             c.backward_mvms += r.mvms

@@ -40,6 +40,7 @@ rule). An analog layer's crossbar counts its own analog operations in ``xbar.cou
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -52,6 +53,10 @@ from analogff import accounting as cost
 from analogff.energy import OpCounts
 from analogff.layers import ANALOG_UPDATES, AnalogLayer, DigitalLayer
 from analogff.layers import ANALOG_LR, adam_direction, resolve_analog_update  # noqa: F401 (re-exported)
+
+
+#: FFConfig.label_readout values (FFNet.goodness_per_label)
+LABEL_READOUTS = ("overlay", "shared", "differential")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +95,12 @@ class FFConfig:
     analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
     #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
     #: less headroom before the bound). None: the profile's [mapping] init_range
+    label_readout: str = "overlay"  #: how goodness prediction reads its k label trials (see
+    #: FFNet.goodness_per_label): "overlay" (k full passes, the label overlaid) | "shared" (the first
+    #: layer reads the image once per sample and adds the label rows' contribution) | "differential"
+    #: ("shared", and deeper analog layers read the trials' mean once plus each trial's difference)
+    label_reads: int = 32  #: "shared"/"differential" on an analog first layer: reads of each label row
+    #: per prediction batch, averaged (at most the batch size)
     engine: str = "torch"  #: Crossbar engine for analog layers
     num_classes: int = 10
     seed: int = 0  #: weight initialisation (digital) and crossbar seeds (analog)
@@ -104,10 +115,13 @@ class FFConfig:
             "hard_source": ("head", "goodness"),
             "optimizer": ("adam", "sgd", "momentum"),
             "analog_update": ANALOG_UPDATES,
+            "label_readout": LABEL_READOUTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FFConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if isinstance(self.label_reads, bool) or not isinstance(self.label_reads, int) or self.label_reads < 1:
+            raise ValueError(f"FFConfig.label_reads={self.label_reads!r}; choose an integer >= 1")
         if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
             raise ValueError(f"FFConfig.analog_init_range={self.analog_init_range!r}; choose a fraction in (0, 1]")
         if self.negatives == "hard" and self.hard_source == "head" and not self.head:
@@ -320,14 +334,110 @@ class FFNet(nn.Module):
     # -- prediction -----------------------------------------------------------------------------
     @torch.no_grad()
     def goodness_per_label(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, classes): goodness summed over layers >= goodness_from, with each label overlaid."""
+        """(B, classes): goodness summed over layers >= goodness_from, with each label overlaid.
+
+        ``config.label_readout`` says how the k label trials of each sample are read:
+
+        * ``"overlay"``: k full passes through every layer, label c overlaid on the image in pass c.
+        * ``"shared"``: the first layer is linear in its input and the k trials differ only in their
+          label pixels: it reads the image rows (and the bias row) once per sample and adds the label
+          rows' contribution ``label_value * W[:, c]`` digitally (a digital layer: from its weights;
+          an analog one: each label row driven alone, ``label_reads`` reads averaged, once per
+          batch). The trials then share one read of the image, its noise and its clipping; 1 + k/B
+          first-layer MVMs per sample instead of k. Deeper layers: k full passes.
+        * ``"differential"``: "shared", and every deeper *analog* layer reads the mean ``u0`` of the
+          trials' inputs once per sample and each trial's difference ``u_c - u0`` (k + 1 MVMs, not
+          k), adding the two outputs digitally (the array is linear). An abs-max scaled read has
+          output noise proportional to the largest value it drives, so the difference read, which
+          carries what tells the labels apart, is read with the noise of its own small range.
+          Digital layers compute exactly anyway: k full passes.
+        """
         cfg, k = self.config, self.config.num_classes
         b = x.shape[0]
-        labels = torch.arange(k, device=x.device).repeat_interleave(b)
-        hs = self.activities(overlay_label(x.repeat(k, 1), labels, k, cfg.label_value))
+        if cfg.label_readout == "overlay":
+            labels = torch.arange(k, device=x.device).repeat_interleave(b)
+            hs = self.activities(overlay_label(x.repeat(k, 1), labels, k, cfg.label_value))
+        else:
+            hs = self._label_trial_activities(x)
         score = sum(goodness(h, cfg.goodness) for h in hs[self.goodness_from:])
         self.counters += cost.goodness_scores(sum(h.numel() for h in hs[self.goodness_from:]))
         return score.view(k, b).t()
+
+    # -- the label trials of goodness prediction, sharing what they share ----------------------
+    def _label_trial_activities(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """ReLU activities of every layer for the k label trials of x, (k * B, n) each, label-major
+        (rows c*B..(c+1)*B-1: label c), read as ``config.label_readout`` says."""
+        cfg, k = self.config, self.config.num_classes
+        b = x.shape[0]
+        hs: list[torch.Tensor] = []
+        z = self._first_layer_trials(x)
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                z = (self._differential_read(layer, inp, k, b)
+                     if cfg.label_readout == "differential" and isinstance(layer, AnalogLayer) else layer(inp))
+            h = self._relu(z)
+            hs.append(h)
+            if i + 1 < len(self.layers):
+                inp = self.normalize(i, h)
+        return hs
+
+    def _first_layer_trials(self, x: torch.Tensor) -> torch.Tensor:
+        """First-layer pre-activations of the k label trials, (k * B, n): the image part (label
+        pixels not driven) once per sample plus each label row's contribution."""
+        cfg, k = self.config, self.config.num_classes
+        b, lay = x.shape[0], self.layers[0]
+        img = x[:, k:]
+        if isinstance(lay, DigitalLayer):
+            w, bias = lay.linear.weight, lay.linear.bias
+            n_out = w.shape[0]
+            z_img = F.linear(img, w[:, k:], bias)
+            self.counters += cost.linear_forward(b, w.shape[1] - k, n_out, bias is not None, lay.state_in_dram)
+            z_lab = cfg.label_value * w[:, :k].t()  # (k, n): label c's column of W, scaled
+            self.counters += OpCounts(digital_mults=k * n_out)
+        elif isinstance(lay, AnalogLayer):
+            n_out = lay.n_out
+            n_rows = lay.n_in + int(lay.bias)
+            z_img = self._analog_read(lay, lay._rows(x)[:, k:], torch.arange(k, n_rows))  # image + bias rows
+            r = min(cfg.label_reads, b)
+            drive = torch.full((r, 1), cfg.label_value, dtype=x.dtype, device=x.device)
+            z_lab = torch.stack([self._analog_read(lay, drive * lay.input_gain, torch.tensor([c])).mean(0)
+                                 for c in range(k)])
+            self.counters += OpCounts(digital_ops=k * (r - 1) * n_out, digital_mults=k * n_out)  # the means
+        else:
+            raise TypeError(f"label_readout={cfg.label_readout!r} needs a DigitalLayer or AnalogLayer first layer, "
+                            f"not {type(lay).__name__}")
+        self.counters += OpCounts(digital_ops=k * b * n_out,
+                                  sram_bytes=cost.BYTES_PER_VALUE * k * b * n_out)  # z_img + z_lab[c], stored
+        return (z_img.unsqueeze(0) + z_lab.to(z_img).unsqueeze(1)).reshape(k * b, n_out)
+
+    def _analog_read(self, lay: AnalogLayer, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One read of an analog layer's array driving only ``rows`` (array rows, the bias row
+        included) with ``values`` (B, len(rows)), already scaled by the layer's input gain; the
+        output in the layer's units (divided by the gain). A crossbar without row selection (a
+        test's fake) is driven with zeros on the other rows."""
+        b = values.shape[0]
+        self.counters += cost.analog_periphery_io(b, rows.numel(), lay.n_out)
+        if "rows" in inspect.signature(lay.xbar.forward).parameters:
+            y = lay.xbar.forward(values, rows=rows)
+        else:
+            full = values.new_zeros(b, lay.n_in + int(lay.bias))
+            full[:, rows.to(values.device)] = values
+            y = lay.xbar.forward(full)
+        return y / lay.input_gain if lay.input_gain != 1.0 else y
+
+    def _differential_read(self, lay: AnalogLayer, inp: torch.Tensor, k: int, b: int) -> torch.Tensor:
+        """Pre-activations of an analog layer for the k label trials inp (k * B, n_in), label-major:
+        one read of the trials' mean u0 (with the bias row) per sample plus one read of each
+        trial's difference u_c - u0 (bias row not driven), added digitally."""
+        n_in = inp.shape[1]
+        u = inp.view(k, b, n_in)
+        u0 = u.mean(0)  # (B, n_in), digital: k - 1 adds and one multiply per value
+        delta = (u - u0.unsqueeze(0)).reshape(k * b, n_in)
+        self.counters += OpCounts(digital_ops=(k - 1) * b * n_in + k * b * n_in, digital_mults=b * n_in)
+        z0 = self._analog_read(lay, lay._rows(u0), torch.arange(lay.n_in + int(lay.bias)))
+        dz = self._analog_read(lay, delta * lay.input_gain, torch.arange(lay.n_in))
+        self.counters += OpCounts(digital_ops=k * b * lay.n_out)  # z0 + dz_c
+        return (dz.view(k, b, -1) + z0.unsqueeze(0)).reshape(k * b, lay.n_out)
 
     @torch.no_grad()
     def head_input(self, hs: list[torch.Tensor]) -> torch.Tensor:

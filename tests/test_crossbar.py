@@ -257,3 +257,38 @@ def test_column_conductance_sums_are_the_devices_conductances(path, compile, mon
     got = xbar._column_conductance_sums()
     assert got.shape == (20,) and got.dtype == torch.float64
     assert torch.allclose(got, want, rtol=1e-6, atol=0), (got, want)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_forward_on_driven_rows_is_the_full_read_with_the_rest_at_zero(engine):
+    dev = ideal_periphery().with_overrides(forward__out_res=-1.0)
+    xbar = Crossbar(64, 32, device=dev, seed=0, engine=engine).eval()
+    rows = torch.tensor([3, 10, 40, 63])
+    x = batch(5, 4)
+    full = torch.zeros(5, 64)
+    full[:, rows] = x
+    y = xbar.forward(x, rows=rows)
+    assert torch.allclose(y, full @ xbar.get_weights().T, atol=1e-5)
+    c = xbar.counters
+    assert (c.mvms, c.dac_conversions, c.adc_conversions, c.device_reads) == (5, 5 * 4, 5 * 32, 2 * 5 * 4 * 32)
+    e_rows = c.read_v2g_W
+    c.reset()
+    xbar.forward(full)  # rows at 0 V draw no read current: the same read energy
+    assert abs(xbar.counters.read_v2g_W / e_rows - 1) < 1e-9 and xbar.counters.dac_conversions == 5 * 64
+
+
+def test_forward_on_driven_rows_counts_its_retries_on_those_rows():
+    xbar = Crossbar(64, 8, device=load_device(DEVICES / "ecram.toml"), seed=0)  # ADC bound 20, iterative BM
+    xbar.set_weights(torch.full((8, 64), 0.9 * xbar.w_bound * xbar.w_scale))
+    xbar.forward(torch.ones(3, 40), rows=torch.arange(40))  # 40 rows x 0.9 bound > 20: retried
+    c = xbar.counters
+    assert c.mvms > 3 and c.dac_conversions == 40 * c.mvms and c.device_reads == 2 * 40 * 8 * c.mvms
+
+
+def test_forward_rejects_bad_rows():
+    xbar = Crossbar(16, 4, device=load_device(DEVICES / "idealized.toml"), seed=0)
+    for rows in ([1, 1], [16], [-1], []):
+        with pytest.raises(ValueError, match="rows"):
+            xbar.forward(torch.ones(2, max(len(rows), 1)), rows=torch.tensor(rows, dtype=torch.long))
+    with pytest.raises(ValueError, match="last dimension 2"):
+        xbar.forward(torch.ones(2, 3), rows=torch.tensor([0, 1]))
