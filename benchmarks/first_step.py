@@ -1,0 +1,104 @@
+"""Time to the first finished step of a fresh process, and where it goes (issue: speed, compile wait).
+
+For each profile, three fresh processes run an ``AnalogLayer(784, 500)`` step (forward + the main
+job's update rule, batch 100, 1 thread):
+
+* ``cold``: compiled kernels, an empty inductor cache (a new ``TORCHINDUCTOR_CACHE_DIR``);
+* ``warm``: compiled kernels, a second process on the cache the cold one filled;
+* ``eager``: ``ANALOGFF_COMPILE=0``, no compilation at all.
+
+Each prints the seconds from the start of the process to the end of its first step (``first``),
+of that the import of torch + analogff (``import``), the steady-state step (median of steps 3-8),
+and, for the compiled processes, torch's own split of the compile time
+(``torch._dynamo.utils.compile_times``: Dynamo's bytecode tracing, fake-tensor propagation, the
+inductor cache load) and the import of Dynamo and Inductor. Run it alone: the times are wall clock.
+
+    python benchmarks/first_step.py --profiles ecram pcm mp_reram_es ecram_cttv2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, os, statistics, sys, time
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads(1)
+from analogff.devices import load_device
+from analogff.experiment import ExperimentConfig, analog_rule
+from analogff.layers import AnalogLayer
+t_import = time.perf_counter() - t0
+profile = load_device(sys.argv[1])
+rule, lr = analog_rule(ExperimentConfig(), profile)
+lay = AnalogLayer(784, 500, device=profile, update=rule)
+g = torch.Generator().manual_seed(0)
+x = torch.rand(100, 784, generator=g)
+d = torch.randn(100, 500, generator=g) * 1e-3
+steps = []
+for i in range(8):
+    t = time.perf_counter()
+    lay(x)
+    lay.apply_update(x, d, lr)
+    steps.append(time.perf_counter() - t)
+    if i == 0:
+        first = time.perf_counter() - t0
+out = {"first_s": first, "import_s": t_import, "first_step_s": steps[0], "steady_ms": 1e3 * statistics.median(steps[2:])}
+if "torch._dynamo" in sys.modules:
+    from torch._dynamo.utils import compile_times
+    names, values = compile_times(repr="csv", aggregate=True)
+    split = dict(zip(names, values))
+    out["split_s"] = {k: round(float(split[k]), 2) for k in ("_compile.compile_inner", "bytecode_tracing",
+                      "get_fake_value", "OutputGraph.call_user_compiler", "PyCodeCache.load_by_key_path") if k in split}
+print("RESULT " + json.dumps(out))
+"""
+
+IMPORT_COST = r"""
+import time
+import torch
+t = time.perf_counter(); import torch._dynamo; a = time.perf_counter() - t
+t = time.perf_counter(); import torch._inductor.compile_fx; b = time.perf_counter() - t
+print("RESULT {\"dynamo_import_s\": %.3f, \"inductor_import_s\": %.3f}" % (a, b))
+"""
+
+
+def _child(code: str, *args: str, env: dict[str, str]) -> dict:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profiles", nargs="+", default=["ecram", "pcm", "mp_reram_es", "ecram_cttv2"])
+    args = p.parse_args(argv)
+    imports = _child(IMPORT_COST, env={})
+    print(f"import torch._dynamo {imports['dynamo_import_s']:.2f} s, torch._inductor.compile_fx "
+          f"{imports['inductor_import_s']:.2f} s (a fresh process, after torch)")
+    print(f"{'profile':<14} {'mode':<6} {'first step at':>13} {'import':>7} {'step 1':>7} {'steady':>9}  compile split (s)")
+    for prof in args.profiles:
+        with tempfile.TemporaryDirectory(prefix="inductor_") as cache:
+            runs = [("cold", {"TORCHINDUCTOR_CACHE_DIR": cache, "ANALOGFF_COMPILE": "1"}),
+                    ("warm", {"TORCHINDUCTOR_CACHE_DIR": cache, "ANALOGFF_COMPILE": "1"}),
+                    ("eager", {"ANALOGFF_COMPILE": "0"})]
+            for mode, env in runs:
+                r = _child(CHILD, prof, env=env)
+                split = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in r.get("split_s", {}).items())
+                print(f"{prof:<14} {mode:<6} {r['first_s']:>11.2f} s {r['import_s']:>5.2f} s {r['first_step_s']:>5.2f} s "
+                      f"{r['steady_ms']:>6.1f} ms  {split}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
