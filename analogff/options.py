@@ -193,6 +193,8 @@ class Option:
         if value is None:
             return ["none"]
         if isinstance(value, (list, tuple)):
+            if self.element is int:  # [500] * 8 -> "500x8" (parse reads it back)
+                return [",".join(_runs(list(value)))]
             return [",".join(_fmt(v) for v in value)]
         return [_fmt(value)]
 
@@ -205,6 +207,19 @@ def _repeat(token: str, key: str) -> list[str]:
     if not 1 <= int(m.group(2)) <= 1000:
         raise OptionError(f"{key}: {token!r} repeats a width {m.group(2)} times; use 1 to 1000")
     return [m.group(1)] * int(m.group(2))
+
+
+def _runs(values: list[int]) -> list[str]:
+    """Integers with runs of three or more equal values written ``NxK``."""
+    out: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j < len(values) and values[j] == values[i]:
+            j += 1
+        out += [f"{values[i]}x{j - i}"] if j - i >= 3 else [_fmt(v) for v in values[i:j]]
+        i = j
+    return out
 
 
 def _fmt(v: Any) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 METHOD_NAMES = {"analog_ff": "analog FF", "digital_ff": "digital FF", "digital_bp": "digital BP",
                 "analog_bp": "analog BP"}
-SECTIONS = ("accuracy", "energy", "drift", "runs")
+SECTIONS = ("accuracy", "energy", "drift", "probes", "runs")
 
 
 class ReportError(ValueError):
@@ -218,6 +218,22 @@ def drift_table(runs: list[tuple[Path, dict]], base: Path | None = None) -> str:
     return _table(["run", "method", "device", *[f"after {_time(t)}" for t in times]], rows)
 
 
+def probes_table(runs: list[tuple[Path, dict]], base: Path | None = None) -> str:
+    """A row per FF method with ``layer_probe_accuracy``: the probe's test accuracy per layer."""
+    rows, width = [], 0
+    for path, run in runs:
+        for name, m in run["methods"].items():
+            acc = m.get("layer_probe_accuracy") or []
+            if acc:
+                width = max(width, len(acc))
+                rows.append([_label(path, base), METHOD_NAMES.get(name, name), str(run.get("dataset", "-")),
+                             str(m.get("variant", "supervised")), *[pct(a) for a in acc]])
+    if not rows:
+        return ""
+    rows = [r + ["" for _ in range(4 + width - len(r))] for r in rows]
+    return _table(["run", "method", "dataset", "variant", *[f"layer {i + 1}" for i in range(width)]], rows)
+
+
 def _time(t: str) -> str:
     v = float(t)
     for unit, s in (("year", 31536000), ("day", 86400), ("h", 3600), ("min", 60)):
@@ -257,6 +273,10 @@ def markdown_report(items: Sequence[str | Path], title: str | None = None, secti
             t = drift_table(runs, base)
             if t:
                 parts += [h + "Accuracy after programming (drift)", t]
+        if "probes" in sections:
+            t = probes_table(runs, base)
+            if t:
+                parts += [h + "Linear probe per layer (test accuracy)", t]
         if "runs" in sections:
             parts += [h + "Runs", runs_table(runs, base)]
     if failed:
