@@ -246,7 +246,7 @@ def test_readme_is_a_manual_whose_tables_are_report_output(monkeypatch):
     readme = (ROOT / "README.md").read_text()
     assert len(readme.encode()) <= 12 * 1024
     assert BLOCK.search(readme)
-    for doc in ("README.md", "docs/benchmarks.md"):
+    for doc in ("README.md", "docs/benchmarks.md", "docs/networks.md"):
         text = (ROOT / doc).read_text()
         assert update_blocks(text) == text, f"{doc}: run analogff report --update {doc}"
     for cmd in ("make demo", "make test", "analogff sweep", "--ray", "## Update rules", "docs/ARCHITECTURE.md",
