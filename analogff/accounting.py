@@ -201,6 +201,24 @@ def batch_norm(b: int, n: int, update_stats: bool) -> OpCounts:
     return c
 
 
+def linear_backward(b: int, n_in: int, n_out: int, in_dram: bool = False) -> OpCounts:
+    """A digital layer's transposed product d W on ``b`` errors: MACs, the error in and the result
+    out (SRAM), the weights read once more (resident state)."""
+    return OpCounts(digital_macs=b * n_in * n_out, sram_bytes=BYTES_PER_VALUE * b * (n_in + n_out)) \
+        + resident_state(BYTES_PER_VALUE * n_in * n_out, in_dram)
+
+
+def norm_backward(b: int, n: int, kind: str) -> OpCounts:
+    """An error taken back through the normalisation between layers over ``b`` rows of ``n``, then
+    through the ReLU (a multiply by its 0/1 derivative per value). Length norm: per row the dot
+    product g.h (``n`` MACs), two multiplies for its scale, then per value a multiply-add and a
+    multiply. Batch norm: per unit the means of g and g y (``2 b`` MACs and adds, 2 multiplies),
+    per value 2 subtractions and 2 multiplies."""
+    if kind == "length":
+        return OpCounts(digital_macs=2 * b * n, digital_mults=2 * b * n + 2 * b, digital_ops=b * n)
+    return OpCounts(digital_macs=2 * b * n, digital_ops=2 * b * n + 2 * b * n, digital_mults=3 * b * n + 2 * n)
+
+
 def goodness_scores(n: int) -> OpCounts:
     """Sum of squares over ``n`` activities (a label's goodness)."""
     return OpCounts(digital_macs=n)

@@ -68,6 +68,13 @@ class DigitalLayer(nn.Module):
     #: (analogff.accounting.state_in_dram, the rule of every method)
     state_in_dram: bool = False
 
+    def error_through(self, d: torch.Tensor) -> torch.Tensor:
+        """The error at this layer's input, d W (B, n_in), from the error d (B, n_out) at its output
+        (pairwise learning: the layer above's loss reaching this one)."""
+        self.counters += cost.linear_backward(d.shape[0], self.linear.in_features, self.linear.out_features,
+                                              self.state_in_dram)
+        return d @ self.linear.weight
+
     def apply_update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """W <- optimiser step with gradient d^T x (and bias gradient sum_b d)."""
         b, (n_out, n_in) = x.shape[0], self.linear.weight.shape
@@ -196,6 +203,16 @@ class AnalogLayer(nn.Module):
         self.counters += cost.analog_periphery_io(x.shape[0], self.n_in, self.n_out)  # activations
         y = self.xbar.forward(self._rows(x))
         return y / self.input_gain if self.input_gain != 1.0 else y
+
+    def error_through(self, d: torch.Tensor) -> torch.Tensor:
+        """The error at this layer's input, W^T d (B, n_in), from the error d (B, n_out) at its
+        output: a transposed MVM on the array (the error drives the columns, the rows are read
+        through the ADC), counted by the crossbar as backward conversions. FF itself never needs
+        it; pairwise learning (the layer above's loss reaching this one) does. The input gain
+        cancels: the layer computes W x for any gain."""
+        self.counters += cost.analog_periphery_io(d.shape[0], self.n_out, self.n_in)  # d in, the error out
+        e = self.xbar.backward(d)
+        return e[:, :self.n_in] if self.bias else e
 
     def apply_update(self, x: torch.Tensor, d: torch.Tensor, lr: float) -> None:
         """W <- W - lr * U, U = d^T x processed by the periphery rule ``self.update``."""

@@ -28,6 +28,11 @@ class FakeCrossbar:
         self.counters.updates += x.shape[0]
         self.w -= lr * d.t() @ x
 
+    def backward(self, d):
+        self.counters.backward_mvms += d.shape[0]
+        self.counters.backward_adc_conversions += d.shape[0] * self.w.shape[1]
+        return d @ self.w
+
     def update_rows(self, u, lr):
         self.calls.append((u.shape[1], lr))
         self.counters.updates += u.shape[1]

@@ -127,3 +127,28 @@ def test_auto_rule_and_onarray_errors(tmp_path):
         AnalogLayer(16, 8, device=devices / "ecram.toml", update="onarray")
     with pytest.raises(ValueError, match=r"'adam' writes the weights row by row.*'ecram_agad'.*AGADEcRamPreset"):
         AnalogLayer(16, 8, device=devices / "ecram_agad.toml", update="adam")
+
+
+def test_error_through_is_the_transposed_product_and_is_counted():
+    """error_through(d) = d W (the input's error, bias column dropped); digital: MACs; analog: a
+    transposed MVM on the array, counted as backward conversions (none on a forward-only FF step)."""
+    from pathlib import Path
+
+    g = torch.Generator().manual_seed(0)
+    dig = DigitalLayer(6, 4, generator=g)
+    d = torch.randn(3, 4, generator=g)
+    assert torch.allclose(dig.error_through(d), d @ dig.linear.weight)
+    assert dig.counters.digital_macs == 3 * 6 * 4
+    layer, xbar = _analog("sgd")
+    e = layer.error_through(d)
+    assert e.shape == (3, 4) and torch.allclose(e, (d @ xbar.w)[:, :4])
+    assert xbar.counters.backward_mvms == 3
+    ecram = Path(__file__).resolve().parents[1] / "devices" / "ecram.toml"
+    real = AnalogLayer(16, 8, device=ecram, update="sgd")
+    dd = torch.randn(5, 8, generator=g)
+    w = real.xbar.get_weights()[:, :16]
+    out = real.error_through(dd)
+    assert out.shape == (5, 16)
+    assert torch.corrcoef(torch.stack([out.flatten(), (dd @ w).flatten()]))[0, 1] > 0.9  # noisy, ADC-quantised
+    c = real.xbar.counters
+    assert (c.backward_mvms, c.backward_dac_conversions, c.backward_adc_conversions) == (5, 5 * 8, 5 * 17)
