@@ -349,7 +349,8 @@ def build_ff_net(cfg: ExperimentConfig, ffcfg, n_in: int, profile=None):
     kind = "analog" if profile is not None else "digital"
     if cfg.architecture is not None:
         return cls.from_architecture(cfg.architecture, layer=kind, device=profile, config=ffcfg)
-    return cls([n_in, *cfg.hidden], layer=kind, device=profile, config=ffcfg)
+    top = [ffcfg.num_classes] if cfg.variant == "recurrent" else []  # its label is the top layer
+    return cls([n_in, *cfg.hidden, *top], layer=kind, device=profile, config=ffcfg)
 
 
 def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume: bool,

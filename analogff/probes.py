@@ -10,7 +10,8 @@ The probes are analysis, not part of the method: their passes run inside
 probe classifiers are ordinary autograd-trained ``nn.Linear`` layers (digital, off the chip).
 
 A net provides its per-layer features by ``net.layer_features(x)`` (a list of (B, n_i) tensors);
-an :class:`analogff.ff.FFNet` without it is read with the neutral label overlaid.
+an :class:`analogff.ff.FFNet` without it is read with the neutral label overlaid; any other net
+without it gets no probes (an empty list).
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def layer_probe_accuracy(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor
     """
     if samples < 1:
         raise ValueError(f"samples={samples!r}; probes need at least one training image (or skip them)")
+    from analogff.ff import FFNet
+
+    if not hasattr(net, "layer_features") and not isinstance(net, FFNet):
+        return []
     (x_tr, y_tr), (x_te, y_te) = train, test
     k = int(getattr(getattr(net, "config", None), "num_classes", 10))
     with measured(net):

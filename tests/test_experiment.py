@@ -300,3 +300,17 @@ def test_energy_sensitivity_reprices_a_run_from_its_counters(run_dir, tmp_path):
     assert sens.main([str(run_dir), "--out", str(tmp_path)]) == 0
     assert "run as is" in (tmp_path / "energy_sensitivity.md").read_text()
     assert (tmp_path / "figures" / "energy_sensitivity.png").stat().st_size > 0
+
+
+def test_recurrent_variant_runs_from_the_main_job(tmp_path):
+    """--variant recurrent: the label is the net's top layer (dims end with the classes), its
+    readout is goodness, and the array still does no transposed MVM."""
+    cfg = ExperimentConfig(**{**SMALL, "hidden": [24, 24], "epochs": 1, "train_limit": 300, "test_limit": 100,
+                              "device": str(ROOT / "devices" / "ecram.toml")},
+                           variant="recurrent", methods=["analog_ff", "digital_ff"], out=str(tmp_path / "r"))
+    res = run_one(cfg)
+    for name in ("analog_ff", "digital_ff"):
+        m = res["methods"][name]
+        assert m["variant"] == "recurrent" and m["predict"] == "goodness" and 0 <= m["test_accuracy"] <= 1
+        assert m["counters"]["backward_adc_conversions"] == 0
+    assert res["methods"]["analog_ff"]["counters"]["adc_conversions"] > 0
