@@ -207,6 +207,41 @@ def test_fake_crossbar_net_updates_every_layer_once_per_step():
     assert all(not torch.equal(a, xb.w) for a, xb in zip(w0, made))
 
 
+class _Recorder(FakeCrossbar):
+    """A FakeCrossbar that keeps the (x, d) of its updates."""
+
+    def update(self, x, d, lr):
+        self.seen = (x.clone(), d.clone())
+        super().update(x, d, lr)
+
+
+def test_local_error_is_the_gradient_through_the_damped_update():
+    """d applied to the label's top-down layer = dL/dz of the mean loss over the training iterations,
+    through h(t) = 0.3 h(t-1) + 0.7 relu(z(t)) with h(t-1) held constant (autograd reference)."""
+    made = []
+    cfg = FFConfig(analog_update="sgd", analog_bias=False, negatives="random")
+    net = RecurrentFFNet([784, 9, 10], layer="analog", config=cfg, train_iterations=(1, 2),
+                         crossbar_factory=lambda r, c, s: made.append(_Recorder(r, c, s)) or made[-1])
+    x, y = synthetic(6, seed=10)
+    w_up, w_down = made[0].w.clone(), made[1].w.clone()
+    net.train_step(x, y, torch.Generator().manual_seed(2), lr=0.0)
+    top, d = made[1].seen
+    h = torch.relu(x @ w_up.t()).repeat(2, 1)  # the bottom-up pass
+    z0 = (x.repeat(2, 1) @ w_up.t() + top @ w_down.t()).detach()
+    total = 0.0
+    for _ in range(2):  # one hidden layer: z(t) is the same at every iteration, h(t) is not
+        z = z0.clone().requires_grad_(True)
+        h = 0.3 * h.detach() + 0.7 * torch.relu(z)
+        g = (h ** 2).sum(1)
+        loss = torch.nn.functional.softplus(cfg.alpha * (g[6:] - g[:6])).mean() / 2
+        loss.backward()
+        total = total + z.grad
+    assert (z0 < 0).any()  # the ReLU mask matters here
+    assert torch.allclose(d, total, rtol=1e-5, atol=1e-7)
+    x_up, d_up = made[0].seen
+    assert torch.equal(x_up, x) and torch.allclose(d_up, total[:6] + total[6:], rtol=1e-5, atol=1e-7)
+
+
 # -------------------------------------------------------------------- learning and train_ff
 def test_learns_the_synthetic_task_on_digital_layers():
     net = RecurrentFFNet([784, 32, 32, 10], config=FFConfig(lr=1e-2, cooldown=0.0))
