@@ -55,6 +55,8 @@ from analogff.layers import ANALOG_UPDATES, AnalogLayer, DigitalLayer
 from analogff.layers import ANALOG_LR, adam_direction, resolve_analog_update  # noqa: F401 (re-exported)
 
 
+#: FFConfig.goodness values (:func:`goodness`)
+GOODNESS_KINDS = ("mean", "sum", "abs", "pnorm")
 #: FFConfig.label_readout values (FFNet.goodness_per_label)
 LABEL_READOUTS = ("overlay", "shared", "differential")
 
@@ -71,7 +73,15 @@ class FFConfig:
     alpha: float = 0.5  #: SymBa scale (SymBa's 4 is for a smaller goodness scale; on MNIST with
     #: the sum goodness 0.25-1 learns fastest, 4 saturates the loss)
     theta: float = 100.0  #: Hinton threshold, in the units of the goodness (sum: scale it with the width)
-    goodness: str = "sum"  #: "sum" (Hinton) | "mean" of squared ReLU activities of a layer
+    goodness: str = "sum"  #: "sum" (Hinton) | "mean" of squared ReLU activities of a layer | "abs": sum of
+    #: the unsquared activities | "pnorm": (sum h^p)^(1/p), p = goodness_p
+    goodness_p: float = 2.0  #: the p of goodness="pnorm" (> 0)
+    goodness_sign: str = "max"  #: "max": positive data gets high goodness | "min": Hinton's "min ssq", positive
+    #: data gets low goodness and negative data high; prediction then picks the lowest goodness
+    loss_fn: str = "logsigmoid"  #: f of the margin m (hinton: G_pos - theta and theta - G_neg; symba: alpha
+    #: (G_pos - G_neg)): "logsigmoid": -log sigmoid(m) = softplus(-m) | "sigmoid": 1 - sigmoid(m)
+    peer_norm: float = 0.0  #: peer normalisation coefficient (Hinton's official code: 0.03; 0: off): the loss
+    #: peer_norm * mean_j (mean(r) - r_j)^2 on each unit's running mean r_j <- 0.9 r_j + 0.1 mean_pos(h_j)
     norm: str = "length"  #: between layers: "length" (Hinton) | "batch" (Trifecta)
     negatives: str = "hard"  #: "random" wrong label | "hard": drawn from the net's predictions
     hard_source: str = "head"  #: hard negatives from "head" (one neutral pass) | "goodness" (10 passes)
@@ -109,7 +119,9 @@ class FFConfig:
     def __post_init__(self) -> None:
         choices = {
             "loss": ("symba", "hinton"),
-            "goodness": ("mean", "sum"),
+            "goodness": GOODNESS_KINDS,
+            "goodness_sign": ("max", "min"),
+            "loss_fn": ("logsigmoid", "sigmoid"),
             "norm": ("length", "batch"),
             "negatives": ("random", "hard"),
             "hard_source": ("head", "goodness"),
@@ -120,6 +132,12 @@ class FFConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"FFConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if isinstance(self.goodness_p, bool) or not isinstance(self.goodness_p, (int, float)) \
+                or not math.isfinite(self.goodness_p) or self.goodness_p <= 0:
+            raise ValueError(f"FFConfig.goodness_p={self.goodness_p!r}; choose a finite p > 0")
+        if isinstance(self.peer_norm, bool) or not isinstance(self.peer_norm, (int, float)) \
+                or not math.isfinite(self.peer_norm) or self.peer_norm < 0:
+            raise ValueError(f"FFConfig.peer_norm={self.peer_norm!r}; choose a finite coefficient >= 0")
         if isinstance(self.label_reads, bool) or not isinstance(self.label_reads, int) or self.label_reads < 1:
             raise ValueError(f"FFConfig.label_reads={self.label_reads!r}; choose an integer >= 1")
         if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
@@ -137,9 +155,36 @@ class FFConfig:
 # since d relu(z)^2 / dz = 2 relu(z).
 
 
-def goodness(h: torch.Tensor, kind: str = "mean") -> torch.Tensor:
-    """Goodness of each row of ReLU activities h: sum or mean of squares."""
+def goodness(h: torch.Tensor, kind: str = "mean", p: float = 2.0) -> torch.Tensor:
+    """Goodness of each row of ReLU activities h (>= 0): sum or mean of squares, "abs": sum of the
+    activities, "pnorm": (sum h^p)^(1/p)."""
+    if kind == "abs":
+        return h.sum(1)
+    if kind == "pnorm":
+        return h.pow(p).sum(1).pow(1.0 / p)
     return (h * h).sum(1) if kind == "sum" else (h * h).mean(1)
+
+
+def goodness_grad(h: torch.Tensor, kind: str = "mean", p: float = 2.0) -> torch.Tensor:
+    """dG/dz of :func:`goodness` per unit, (B, n), for h = relu(z) (0 where z <= 0)."""
+    if kind == "sum":
+        return 2.0 * h
+    if kind == "mean":
+        return 2.0 * h / h.shape[1]
+    active = h > 0
+    if kind == "abs":
+        return active.to(h.dtype)
+    g = goodness(h, "pnorm", p)[:, None]  # d (sum h^p)^(1/p) / dh_j = h_j^(p-1) G^(1-p)
+    grad = h.clamp_min(torch.finfo(h.dtype).tiny).pow(p - 1) * g.clamp_min(torch.finfo(h.dtype).tiny).pow(1 - p)
+    return torch.where(active, grad, torch.zeros_like(h))
+
+
+def margin_loss(m: torch.Tensor, fn: str = "logsigmoid") -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(m), f'(m)) per element: "logsigmoid" f = softplus(-m) = -log sigmoid(m); "sigmoid" f = 1 - sigmoid(m)."""
+    if fn == "logsigmoid":
+        return F.softplus(-m), -torch.sigmoid(-m)
+    s = torch.sigmoid(m)
+    return 1.0 - s, -s * (1.0 - s)
 
 
 def hinton_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float = 100.0) -> torch.Tensor:
@@ -165,7 +210,12 @@ def symba_dloss(g_pos, g_neg, alpha: float = 4.0):
 
 
 def ff_loss_and_error(h_pos, h_neg, cfg: FFConfig):
-    """Loss of one layer and its local error d = dL/dz, shape (2B, n), for [pos; neg] rows."""
+    """Loss of one layer and its local error d = dL/dz, shape (2B, n), for [pos; neg] rows.
+
+    With ``goodness_sign="min"`` the losses see s = -G (and the threshold -theta): positive data is
+    pushed below theta, negative data above it."""
+    if cfg.goodness not in ("sum", "mean") or cfg.goodness_sign != "max" or cfg.loss_fn != "logsigmoid":
+        return _ff_loss_and_error_general(h_pos, h_neg, cfg)
     g_pos, g_neg = goodness(h_pos, cfg.goodness), goodness(h_neg, cfg.goodness)
     if cfg.loss == "symba":
         loss = symba_loss(g_pos, g_neg, cfg.alpha)
@@ -176,6 +226,40 @@ def ff_loss_and_error(h_pos, h_neg, cfg: FFConfig):
     scale = 2.0 if cfg.goodness == "sum" else 2.0 / h_pos.shape[1]
     d = torch.cat([dg_pos[:, None] * h_pos, dg_neg[:, None] * h_neg]) * scale
     return loss, d
+
+
+def _ff_loss_and_error_general(h_pos, h_neg, cfg: FFConfig):
+    """:func:`ff_loss_and_error` for any goodness kind, sign and margin loss f (``cfg.loss_fn``)."""
+    sgn = 1.0 if cfg.goodness_sign == "max" else -1.0
+    kind, p = cfg.goodness, cfg.goodness_p
+    s_pos, s_neg = sgn * goodness(h_pos, kind, p), sgn * goodness(h_neg, kind, p)
+    b = s_pos.shape[0]
+    if cfg.loss == "hinton":
+        th = sgn * cfg.theta
+        (f_pos, df_pos), (f_neg, df_neg) = margin_loss(s_pos - th, cfg.loss_fn), margin_loss(th - s_neg, cfg.loss_fn)
+        loss = (f_pos + f_neg).mean()
+        ds_pos, ds_neg = df_pos / b, -df_neg / b
+    else:
+        f, df = margin_loss(cfg.alpha * (s_pos - s_neg), cfg.loss_fn)
+        loss = f.mean()
+        ds_pos = cfg.alpha * df / b
+        ds_neg = -ds_pos
+    d = torch.cat([(sgn * ds_pos)[:, None] * goodness_grad(h_pos, kind, p),
+                   (sgn * ds_neg)[:, None] * goodness_grad(h_neg, kind, p)])
+    return loss, d
+
+
+def peer_norm_loss_and_error(h_pos: torch.Tensor, running: torch.Tensor, coef: float, momentum: float = 0.9):
+    """Peer normalisation (Hinton 2022; the official code's coefficient 0.03): with each unit's running
+    mean activity ``r = momentum r_old + (1 - momentum) mean_b h_pos`` (r_old fixed), the loss
+    ``coef * mean_j (mean(r) - r_j)^2`` and its local error dL/dz on the positive rows, (B, n).
+    Returns (loss, d, r): the caller keeps r as the new running mean."""
+    b, n = h_pos.shape
+    r = momentum * running + (1 - momentum) * h_pos.mean(0)
+    dev = r - r.mean()
+    loss = coef * dev.pow(2).mean()
+    d = (coef * 2.0 / n * (1 - momentum) / b) * dev[None, :] * (h_pos > 0).to(h_pos.dtype)
+    return loss, d, r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +350,9 @@ class FFNet(nn.Module):
         for i, n in enumerate(dims[1:]):  # batch-norm statistics (used only when norm="batch")
             self.register_buffer(f"bn_mean{i}", torch.zeros(n))
             self.register_buffer(f"bn_var{i}", torch.ones(n))
+        if cfg.peer_norm > 0:  # running mean activity of every unit (peer normalisation), 0.5 at the start
+            for i, n in enumerate(dims[1:]):
+                self.register_buffer(f"peer_mean{i}", torch.full((n,), 0.5))
         n_head_in = sum(dims[1 + self.head_from:])
         self.head = (DigitalLayer(n_head_in, cfg.num_classes, lr=cfg.head_lr, optimizer="adam",
                                   generator=gen, counters=self.counters) if cfg.head else None)
@@ -359,9 +446,21 @@ class FFNet(nn.Module):
             hs = self.activities(overlay_label(x.repeat(k, 1), labels, k, cfg.label_value))
         else:
             hs = self._label_trial_activities(x)
-        score = sum(goodness(h, cfg.goodness) for h in hs[self.goodness_from:])
-        self.counters += cost.goodness_scores(sum(h.numel() for h in hs[self.goodness_from:]))
+        score = sum(goodness(h, cfg.goodness, cfg.goodness_p) for h in hs[self.goodness_from:])
+        self.counters += self._goodness_cost(hs[self.goodness_from:])
+        if cfg.goodness_sign == "min":  # the lowest goodness wins
+            score = -score
         return score.view(k, b).t()
+
+    def _goodness_cost(self, hs: list[torch.Tensor]) -> OpCounts:
+        """Digital work of the goodness of activities hs: sum of squares (sum, mean), a sum (abs), or
+        a power per activity, a sum and a root per row (pnorm)."""
+        n = sum(h.numel() for h in hs)
+        if self.config.goodness == "abs":
+            return OpCounts(digital_ops=n)
+        if self.config.goodness == "pnorm":
+            return OpCounts(digital_ops=n, digital_special_ops=n + sum(h.shape[0] for h in hs))
+        return cost.goodness_scores(n)
 
     # -- the label trials of goodness prediction, sharing what they share ----------------------
     def _label_trial_activities(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -521,6 +620,14 @@ class FFNet(nn.Module):
             h = self._relu(layer(inp))
             loss, d = ff_loss_and_error(h[:b], h[b:], cfg)
             self.counters += cost.ff_layer_loss(b, h.shape[1])
+            if cfg.peer_norm > 0:
+                running = getattr(self, f"peer_mean{i}")
+                p_loss, d_peer, r = peer_norm_loss_and_error(h[:b], running, cfg.peer_norm)
+                d[:b] += d_peer
+                running.copy_(r)
+                loss = loss + p_loss
+                n = h.shape[1]  # the batch mean, r, its deviations, the error: per value and per unit
+                self.counters += OpCounts(digital_ops=3 * b * n + 4 * n, digital_mults=2 * b * n + 4 * n)
             _check_finite(loss, f"layer {i}", epoch, lr)
             next_inp = self.normalize(i, h, update_stats=True)  # (last layer: for the head / BN stats)
             layer.apply_update(inp, d, lr)

@@ -175,3 +175,103 @@ def test_analog_periphery_state_goes_to_dram_by_the_same_rule(update):
     else:
         per_weight = {"adam": 4, "momentum": 2}[update] * 4  # state read and written, fp32
         assert big.counters.dram_bytes == per_weight * 500 * 785
+
+
+# ------------------------------------------------------------- design-space options (issue #17 part 2)
+def _reference_goodness(h, kind, p):
+    if kind == "sum":
+        return (h ** 2).sum(1)
+    if kind == "mean":
+        return (h ** 2).mean(1)
+    if kind == "abs":
+        return h.sum(1)
+    return (h ** p).sum(1) ** (1.0 / p)
+
+
+@pytest.mark.parametrize("loss", ["symba", "hinton"])
+@pytest.mark.parametrize("kind,p", [("sum", 2.0), ("mean", 2.0), ("abs", 2.0), ("pnorm", 3.0), ("pnorm", 1.5)])
+@pytest.mark.parametrize("sign", ["max", "min"])
+@pytest.mark.parametrize("fn", ["logsigmoid", "sigmoid"])
+def test_every_goodness_sign_and_loss_fn_matches_autograd(loss, kind, p, sign, fn):
+    cfg = FFConfig(loss=loss, goodness=kind, goodness_p=p, goodness_sign=sign, loss_fn=fn, alpha=1.3, theta=1.7)
+    z = torch.randn(2 * 6, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_(True)
+    h = torch.relu(z)
+    sg = 1.0 if sign == "max" else -1.0
+    s_pos, s_neg = sg * _reference_goodness(h[:6], kind, p), sg * _reference_goodness(h[6:], kind, p)
+    f = (lambda m: -torch.nn.functional.logsigmoid(m)) if fn == "logsigmoid" else (lambda m: 1 - torch.sigmoid(m))
+    if loss == "hinton":  # positive data above the threshold (min: below it), negative data on the other side
+        ref = (f(s_pos - sg * cfg.theta) + f(sg * cfg.theta - s_neg)).mean()
+    else:
+        ref = f(cfg.alpha * (s_pos - s_neg)).mean()
+    ref.backward()
+    got, d = ff_loss_and_error(h[:6].detach(), h[6:].detach(), cfg)
+    assert torch.allclose(got, ref.detach())
+    assert torch.allclose(d, z.grad, atol=1e-12)
+
+
+def test_goodness_kinds_compute_their_formulas():
+    h = torch.tensor([[0.0, 3.0, 4.0], [1.0, 0.0, 0.0]])
+    assert torch.equal(goodness(h, "sum"), torch.tensor([25.0, 1.0]))
+    assert torch.equal(goodness(h, "abs"), torch.tensor([7.0, 1.0]))
+    assert torch.allclose(goodness(h, "pnorm", 2.0), torch.tensor([5.0, 1.0]))
+    assert torch.allclose(goodness(h, "pnorm", 1.0), goodness(h, "abs"))
+    assert torch.allclose(goodness(h, "pnorm", 3.0), torch.tensor([(27.0 + 64.0) ** (1 / 3), 1.0]))
+
+
+def test_min_goodness_prediction_picks_the_lowest_goodness_label():
+    net = FFNet([784, 10], config=FFConfig(goodness="sum", head=False, negatives="random", goodness_sign="min"))
+    w = torch.zeros(10, 784)
+    w[torch.arange(10), torch.arange(10)] = 1.0
+    w[torch.arange(10), 10 + torch.arange(10)] = -1.0  # evidence pixel 10+c lowers label c's goodness
+    net.layers[0].linear.weight.data.copy_(w)
+    net.layers[0].linear.bias.data.zero_()
+    x = torch.zeros(4, 784)
+    evidence = torch.tensor([3, 0, 9, 5])
+    x[torch.arange(4), 10 + evidence] = torch.tensor([0.5, 0.7, 0.2, 0.9])
+    assert torch.equal(net.predict(x, "goodness"), evidence)
+    g = torch.stack([goodness(torch.relu(net.layers[0](overlay_label(x, torch.full((4,), c)))), "sum")
+                     for c in range(10)], 1)
+    assert torch.allclose(net.goodness_per_label(x), -g)
+
+
+def test_peer_norm_error_matches_autograd_and_pulls_units_to_their_peers():
+    from analogff.ff import peer_norm_loss_and_error
+
+    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64).requires_grad_(True)
+    h = torch.relu(z)
+    running = torch.tensor([0.5, 0.1, 0.9, 0.5, 0.5], dtype=torch.float64)
+    r = 0.9 * running + 0.1 * h.mean(0)
+    ref = 0.03 * ((r.mean() - r) ** 2).mean()
+    ref.backward()
+    loss, d, r_new = peer_norm_loss_and_error(h.detach(), running, 0.03)
+    assert torch.allclose(loss, ref.detach()) and torch.allclose(d, z.grad, atol=1e-15)
+    assert torch.allclose(r_new, r.detach())
+    # in a net: the running means move, a unit more active than its peers gets a positive error (pushed down)
+    net = tiny_net(peer_norm=0.03)
+    assert "peer_mean0" in net.state_dict() and "peer_mean0" not in tiny_net().state_dict()
+    before = net.peer_mean0.clone()
+    x, y = synthetic(50)
+    net.train_step(x, y, torch.Generator().manual_seed(0))
+    assert not torch.equal(before, net.peer_mean0)
+
+
+@pytest.mark.parametrize("opts", [{"goodness": "abs"}, {"goodness": "pnorm", "goodness_p": 3.0},
+                                  {"goodness_sign": "min"}, {"loss_fn": "sigmoid", "alpha": 2.0},
+                                  {"peer_norm": 0.03}])
+def test_each_option_learns_the_synthetic_task(opts):
+    from analogff.train import train_ff
+
+    from ffhelpers import tiny_data
+
+    net = tiny_net(goodness_from=0, **opts)  # the goodness of both layers (the tiny net's second learns slowly)
+    x, y = tiny_data()["test"]
+    assert net.accuracy(x, y, "goodness") < 0.3
+    train_ff(net, tiny_data(), epochs=2, batch_size=50, seed=0, progress=False)
+    assert net.accuracy(x, y, "goodness") > 0.85
+
+
+def test_design_space_options_are_checked():
+    for field, bad in [("goodness", "cube"), ("goodness_sign", "up"), ("loss_fn", "tanh"), ("goodness_p", 0.0),
+                       ("goodness_p", float("nan")), ("peer_norm", -0.1), ("peer_norm", float("inf"))]:
+        with pytest.raises(ValueError, match=field):
+            FFConfig(**{field: bad})
