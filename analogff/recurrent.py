@@ -56,7 +56,9 @@ Choices and differences from the paper
 * Losses, goodness kind, optimiser: the FFConfig's (default SymBa, sum goodness, Adam), not
   Hinton's threshold loss; the image is fed as is (no label overlaid on its first pixels, the label
   is the top layer). Only length normalisation (``norm="length"``) is supported. No softmax head
-  (``head`` is None; FFConfig.head, head_from, label_readout are not used).
+  (``head`` is None; FFConfig.head, head_from, label_readout are not used); no peer normalisation
+  (``peer_norm`` must be 0). FFConfig's goodness kinds, ``goodness_sign="min"`` (the lowest goodness
+  wins, and the one-pass probabilities are softmax(-alpha G)) and ``loss_fn`` apply as in FFNet.
 
 Counts: every digital operation is added to ``self.counters`` with the primitives of
 :mod:`analogff.accounting` beside the work (normalisations, ReLUs, the damping's multiplies and
@@ -130,6 +132,8 @@ class RecurrentFFNet(nn.Module):
             raise ValueError(f"dims[-1]={dims[-1]} is the label layer; make it FFConfig.num_classes={cfg.num_classes}")
         if cfg.norm != "length":
             raise ValueError(f"FFConfig.norm={cfg.norm!r}; the recurrent net supports only norm='length'")
+        if cfg.peer_norm:
+            raise ValueError(f"FFConfig.peer_norm={cfg.peer_norm!r}; the recurrent net has no peer normalisation, set 0")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations={iterations!r}; choose an integer >= 1")
         if not 0.0 <= damping < 1.0:
@@ -226,8 +230,20 @@ class RecurrentFFNet(nn.Module):
         return a + b
 
     def _goodness(self, h: torch.Tensor) -> torch.Tensor:
-        self.counters += cost.goodness_scores(h.numel())
-        return goodness(h, self.config.goodness)
+        """Goodness of each row (FFConfig.goodness), counted as FFNet counts it."""
+        cfg, n = self.config, h.numel()
+        if cfg.goodness == "abs":
+            self.counters += OpCounts(digital_ops=n)
+        elif cfg.goodness == "pnorm":
+            self.counters += OpCounts(digital_ops=n, digital_special_ops=n + h.shape[0])
+        else:
+            self.counters += cost.goodness_scores(n)
+        return goodness(h, cfg.goodness, cfg.goodness_p)
+
+    @property
+    def _sign(self) -> float:
+        """+1: high goodness means positive (FFConfig.goodness_sign="max"); -1: Hinton's "min ssq"."""
+        return -1.0 if self.config.goodness_sign == "min" else 1.0
 
     def _label_rows(self, labels: torch.Tensor) -> torch.Tensor:
         """The clamped top layer: one-hot labels times FFConfig.label_value, (R, classes)."""
@@ -293,7 +309,8 @@ class RecurrentFFNet(nn.Module):
                 g = sum(self._goodness(h) for h in hs[self.goodness_from:])
                 score = self._add(score, g)
         self.counters += OpCounts(digital_mults=k * b)  # the mean: times 1 / len(readout)
-        return (score / len(self.readout_iterations)).view(k, b).t()
+        score = self._sign * score / len(self.readout_iterations)  # "min": the lowest goodness wins
+        return score.view(k, b).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, classes) goodness per label: the net's class scores."""
@@ -330,7 +347,7 @@ class RecurrentFFNet(nn.Module):
         g = self._goodness(self._relu(z).reshape(b * k, -1)).view(b, k)
         _check_finite(g, f"hidden layer {top_i} (negatives)", epoch, lr)
         self.counters += cost.head_loss(b, k)  # the softmax (and no more: an upper bound of it)
-        return torch.softmax(cfg.alpha * g, 1)
+        return torch.softmax(cfg.alpha * self._sign * g, 1)
 
     # -- one training step ------------------------------------------------------------------------
     @torch.no_grad()

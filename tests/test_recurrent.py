@@ -12,7 +12,7 @@ import torch
 
 import analogff.recurrent as rec
 from analogff import accounting as cost
-from analogff.ff import FFConfig
+from analogff.ff import FFConfig, goodness
 from analogff.recurrent import RecurrentFFNet
 from analogff.train import train_ff
 
@@ -108,6 +108,8 @@ def test_bad_arguments_are_one_line_value_errors():
         RecurrentFFNet([784, 8, 10], readout_iterations=(3, 9))
     with pytest.raises(ValueError, match="at least one hidden"):
         RecurrentFFNet([784, 10])
+    with pytest.raises(ValueError, match="peer_norm"):
+        RecurrentFFNet([784, 8, 10], config=FFConfig(peer_norm=0.03))
     with pytest.raises(ValueError, match="softmax"):
         RecurrentFFNet([20, 8, 10]).predict(torch.zeros(2, 20), "softmax")
 
@@ -215,11 +217,18 @@ class _Recorder(FakeCrossbar):
         super().update(x, d, lr)
 
 
-def test_local_error_is_the_gradient_through_the_damped_update():
+def _margin(m, fn):
+    return torch.nn.functional.softplus(-m) if fn == "logsigmoid" else 1 - torch.sigmoid(m)
+
+
+@pytest.mark.parametrize("opts", [{}, {"loss": "hinton", "goodness": "mean", "theta": 0.3},
+                                  {"goodness": "pnorm", "goodness_p": 3.0, "goodness_sign": "min", "loss_fn": "sigmoid"},
+                                  {"goodness": "abs", "loss": "hinton", "theta": 2.0}])
+def test_local_error_is_the_gradient_through_the_damped_update(opts):
     """d applied to the label's top-down layer = dL/dz of the mean loss over the training iterations,
     through h(t) = 0.3 h(t-1) + 0.7 relu(z(t)) with h(t-1) held constant (autograd reference)."""
     made = []
-    cfg = FFConfig(analog_update="sgd", analog_bias=False, negatives="random")
+    cfg = FFConfig(analog_update="sgd", analog_bias=False, negatives="random", **opts)
     net = RecurrentFFNet([784, 9, 10], layer="analog", config=cfg, train_iterations=(1, 2),
                          crossbar_factory=lambda r, c, s: made.append(_Recorder(r, c, s)) or made[-1])
     x, y = synthetic(6, seed=10)
@@ -228,18 +237,30 @@ def test_local_error_is_the_gradient_through_the_damped_update():
     top, d = made[1].seen
     h = torch.relu(x @ w_up.t()).repeat(2, 1)  # the bottom-up pass
     z0 = (x.repeat(2, 1) @ w_up.t() + top @ w_down.t()).detach()
+    sgn = -1.0 if cfg.goodness_sign == "min" else 1.0
     total = 0.0
     for _ in range(2):  # one hidden layer: z(t) is the same at every iteration, h(t) is not
         z = z0.clone().requires_grad_(True)
         h = 0.3 * h.detach() + 0.7 * torch.relu(z)
-        g = (h ** 2).sum(1)
-        loss = torch.nn.functional.softplus(cfg.alpha * (g[6:] - g[:6])).mean() / 2
-        loss.backward()
+        s = sgn * goodness(h, cfg.goodness, cfg.goodness_p)
+        if cfg.loss == "symba":
+            loss = _margin(cfg.alpha * (s[:6] - s[6:]), cfg.loss_fn).mean()
+        else:
+            loss = (_margin(s[:6] - sgn * cfg.theta, cfg.loss_fn) + _margin(sgn * cfg.theta - s[6:], cfg.loss_fn)).mean()
+        (loss / 2).backward()
         total = total + z.grad
     assert (z0 < 0).any()  # the ReLU mask matters here
-    assert torch.allclose(d, total, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(d, total, rtol=1e-4, atol=1e-7)
     x_up, d_up = made[0].seen
-    assert torch.equal(x_up, x) and torch.allclose(d_up, total[:6] + total[6:], rtol=1e-5, atol=1e-7)
+    assert torch.equal(x_up, x) and torch.allclose(d_up, total[:6] + total[6:], rtol=1e-4, atol=1e-7)
+
+
+def test_min_goodness_sign_predicts_the_lowest_goodness():
+    x, _ = synthetic(5, dim=20, seed=11)
+    hi = RecurrentFFNet([20, 6, 6, 10], config=FFConfig(seed=4))
+    lo = RecurrentFFNet([20, 6, 6, 10], config=FFConfig(seed=4, goodness_sign="min"))
+    assert torch.allclose(lo.goodness_per_label(x), -hi.goodness_per_label(x))
+    assert torch.equal(lo.predict(x), hi.goodness_per_label(x).argmin(1))
 
 
 # -------------------------------------------------------------------- learning and train_ff
