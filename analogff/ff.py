@@ -25,6 +25,13 @@ One training step on a mini-batch x with labels y (all layers updated, no gradie
 
 Everything runs under ``torch.no_grad()``: the algorithm needs no autograd at all.
 
+Prediction by goodness runs k label trials per sample (label c overlaid, the goodness of layers >=
+goodness_from summed, the best label wins). ``FFConfig.label_readout`` says how an array reads
+them: "overlay" (k full passes), "shared" (the first layer reads the image once, the label rows'
+part is added digitally), "differential" (also: deeper analog layers read the trials' mean once and
+each trial's small difference, so the read noise that separates the labels shrinks with that
+difference's range; benchmarks/readout.py measures why this matters on Fashion-MNIST).
+
 Not implemented: the Trifecta's "overlapping updates" (each block's loss also updates the block
 below). It sends an error through W^T, i.e. a transposed MVM on an analog array, which is exactly
 what FF is meant to avoid here.
