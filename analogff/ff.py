@@ -476,7 +476,7 @@ class FFNet(nn.Module):
         cfg, k = self.config, self.config.num_classes
         b = x.shape[0]
         hs: list[torch.Tensor] = []
-        z = self._first_layer_trials(x)
+        z, inp = self._first_layer_trials(x), x
         for i, layer in enumerate(self.layers):
             if i > 0:
                 z = (self._differential_read(layer, inp, k, b)

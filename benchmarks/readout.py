@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import io
 import json
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
