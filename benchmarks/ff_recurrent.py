@@ -5,7 +5,7 @@
         --device devices/ecram.toml                                                  # analog
 
 Trains with :func:`analogff.train.train_ff` on the MNIST training set (its first ``--train-limit``
-images), evaluates on the full 10,000-image test set after every epoch (10 label trials x 5
+images), evaluates on the 10,000-image test set (or its first ``--test-limit``) after every epoch (10 label trials x 5
 iterations per image), and prints per epoch: test error, training energy per training sample so
 far, evaluation energy per test image (``analogff.energy.EnergyModel``: ``from_profile`` for the
 crossbars, the default digital model otherwise, as the main job prices them) and the wall time.
@@ -38,6 +38,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, nargs="+", default=[500, 500], help="hidden layer sizes")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="test on the first N test images (default: all 10,000)")
     p.add_argument("--device", default=None, help="device profile TOML (analog layers); none: digital")
     p.add_argument("--analog-update", default="auto", help="FFConfig.analog_update")
     p.add_argument("--lr", type=float, default=None, help="FF learning rate (default: FFConfig's, 1e-3)")
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_limit is not None:
         x, y = data["train"]
         data["train"] = (x[:args.train_limit], y[:args.train_limit])
-    n_train = len(data["train"][1])
+    if args.test_limit is not None:
+        x, y = data["test"]
+        data["test"] = (x[:args.test_limit], y[:args.test_limit])
+    n_train, n_test = len(data["train"][1]), len(data["test"][1])
     cfg_kw = {"negatives": args.negatives, "cooldown": args.cooldown, "seed": args.seed,
               "analog_update": args.analog_update}
     if args.lr is not None:
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         f"readout={net.readout_iterations} predict_iterations={net.predict_iterations}")
     say(f"# FFConfig loss={cfg.loss} alpha={cfg.alpha} goodness={cfg.goodness} lr={cfg.lr} "
         f"optimizer={cfg.optimizer} analog_update={getattr(net.up[0], 'update', None) or cfg.optimizer} "
-        f"negatives={cfg.negatives} cooldown={cfg.cooldown} batch={args.batch_size} train images={n_train}")
+        f"negatives={cfg.negatives} cooldown={cfg.cooldown} batch={args.batch_size} train images={n_train} test images={n_test}")
     say("epoch  test_err_%  train_J/sample  eval_J/test_image  backward_adc  epoch_s  wall_s")
     t0 = time.perf_counter()
     done = {"eval": 0}
