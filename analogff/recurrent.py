@@ -139,8 +139,8 @@ class RecurrentFFNet(nn.Module):
         if not 0.0 <= damping < 1.0:
             raise ValueError(f"damping={damping!r}; choose a fraction in [0, 1)")
         self.iterations, self.damping = iterations, float(damping)
-        self.train_iterations = _iteration_set("train_iterations", train_iterations or range(1, iterations + 1),
-                                               iterations)
+        self.train_iterations = _iteration_set(
+            "train_iterations", range(1, iterations + 1) if train_iterations is None else train_iterations, iterations)
         self.readout_iterations = _iteration_set("readout_iterations", readout_iterations, iterations)
         if predict_iterations is None:
             predict_iterations = self.readout_iterations[-1]

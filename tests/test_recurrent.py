@@ -106,6 +106,8 @@ def test_bad_arguments_are_one_line_value_errors():
         RecurrentFFNet([784, 8, 10], config=FFConfig(norm="batch"))
     with pytest.raises(ValueError, match="readout_iterations"):
         RecurrentFFNet([784, 8, 10], readout_iterations=(3, 9))
+    with pytest.raises(ValueError, match="train_iterations"):
+        RecurrentFFNet([784, 8, 10], train_iterations=())
     with pytest.raises(ValueError, match="at least one hidden"):
         RecurrentFFNet([784, 10])
     with pytest.raises(ValueError, match="peer_norm"):
