@@ -314,3 +314,15 @@ def test_recurrent_variant_runs_from_the_main_job(tmp_path):
         assert m["variant"] == "recurrent" and m["predict"] == "goodness" and 0 <= m["test_accuracy"] <= 1
         assert m["counters"]["backward_adc_conversions"] == 0
     assert res["methods"]["analog_ff"]["counters"]["adc_conversions"] > 0
+
+
+def test_unsupervised_variant_reads_its_head_and_runs_the_local_architecture(tmp_path):
+    """--variant unsupervised: --predict auto is the head; --architecture builds the named net."""
+    base = {**SMALL, "epochs": 1, "train_limit": 200, "test_limit": 100, "drift_times": []}
+    res = run_one(ExperimentConfig(**{**base, "hidden": [24, 24, 24]}, variant="unsupervised",
+                                   methods=["digital_ff"], out=str(tmp_path / "u")))
+    m = res["methods"]["digital_ff"]
+    assert m["variant"] == "unsupervised" and m["predict"] == "softmax" and m["test_accuracy_goodness"] is None
+    res = run_one(ExperimentConfig(**base, variant="unsupervised", architecture="hinton_local",
+                                   methods=["digital_ff"], out=str(tmp_path / "l")))
+    assert res["config"]["architecture"] == "hinton_local" and 0 <= res["methods"]["digital_ff"]["test_accuracy"] <= 1
