@@ -10,8 +10,12 @@ from a single bottom-up pass; the net then runs 8 iterations. Test: 8 iterations
 10 labels at the top, and the label with the highest goodness averaged over iterations 3 to 5
 wins. Negatives: one forward pass of the net gives class probabilities; the negative label is drawn
 among the wrong classes in proportion to them. Reported: 1.31 % test error on MNIST after 60
-epochs, with "two or three" hidden layers of 2000 ReLUs (784-2000-2000(-2000)-10). The paper's code
-is not public, so everything it leaves open is a choice, listed below.
+epochs, with "two or three" hidden layers of 2000 ReLUs (784-2000-2000(-2000)-10; not the 4 x 2000
+of its feed-forward nets). The paper's code is not public, so everything it leaves open is a choice,
+listed below. (Checked here against a secondary summary of that section, which agrees on the
+normalised neighbours at t-1, the 0.3/0.7 damping, 8 synchronous iterations, the clamped label,
+the 3-5 readout and 1.31 %; the layer sizes and the initial bottom-up pass are quoted from memory
+of the paper and were not re-checked against its text.)
 
 One iteration t = 1..T, hidden layer i of L (state h_i, pre-normalised, i.e. after the ReLU)::
 
