@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
              progress=False)
     c = net.total_counts().scaled(1.0 / (n_train * args.epochs))
     say("# training counts per sample: " + ", ".join(f"{k}={v:.4g}" for k, v in c.as_dict().items() if v))
+    parts = model.energy(net.total_counts()).per_sample(n_train * args.epochs).breakdown_J
+    say("# training energy per sample by part, J: " + ", ".join(
+        f"{k}={v:.3g}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")
