@@ -279,6 +279,9 @@ def ff_step_counts(dims: Sequence[int], batch: int, config: Any = None, layer: s
 
         config = FFConfig()
     cfg, b, k = config, int(batch), config.num_classes
+    if getattr(cfg, "pairwise", False):
+        raise ValueError("ff_step_counts does not model pairwise learning (its counts alternate step by step); "
+                         "count real steps instead (analogff.counts.measured)")
     layers = list(zip(dims[:-1], dims[1:]))
     n_layers = len(layers)
     head_from = min(cfg.head_from, n_layers - 1)

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analogff import accounting as cost
+from analogff import pairwise
 from analogff.energy import OpCounts
 from analogff.layers import ANALOG_UPDATES, AnalogLayer, DigitalLayer
 from analogff.layers import ANALOG_LR, adam_direction, resolve_analog_update  # noqa: F401 (re-exported)
@@ -87,6 +88,9 @@ class FFConfig:
     #: data gets low goodness and negative data high; prediction then picks the lowest goodness
     loss_fn: str = "logsigmoid"  #: f of the margin m (hinton: G_pos - theta and theta - G_neg; symba: alpha
     #: (G_pos - G_neg)): "logsigmoid": -log sigmoid(m) = softplus(-m) | "sigmoid": 1 - sigmoid(m)
+    pairwise: bool = False  #: alternated pairwise learning (the Trifecta; analogff.pairwise): on alternate
+    #: steps a layer's loss also trains the layer below it, through its weights (a counted transposed MVM on
+    #: an array)
     peer_norm: float = 0.0  #: peer normalisation coefficient (Hinton's official code: 0.03; 0: off): the loss
     #: peer_norm * mean_j (mean(r) - r_j)^2 on each unit's running mean r_j <- 0.9 r_j + 0.1 mean_pos(h_j)
     norm: str = "length"  #: between layers: "length" (Hinton) | "batch" (Trifecta)
@@ -357,6 +361,8 @@ class FFNet(nn.Module):
         for i, n in enumerate(dims[1:]):  # batch-norm statistics (used only when norm="batch")
             self.register_buffer(f"bn_mean{i}", torch.zeros(n))
             self.register_buffer(f"bn_var{i}", torch.ones(n))
+        if cfg.pairwise:  # the step count decides which layers learn (analogff.pairwise); it resumes with the net
+            self.register_buffer("pair_step", torch.zeros((), dtype=torch.int64))
         if cfg.peer_norm > 0:  # running mean activity of every unit (peer normalisation), 0.5 at the start
             for i, n in enumerate(dims[1:]):
                 self.register_buffer(f"peer_mean{i}", torch.full((n,), 0.5))
@@ -623,8 +629,13 @@ class FFNet(nn.Module):
         # Positive and negative data go through each layer together; each layer learns alone.
         inp = torch.cat([overlay_label(x, y, k, cfg.label_value), overlay_label(x, y_neg, k, cfg.label_value)])
         losses = []
+        below = None  # pairwise learning: (layer, its input, its activities), waiting for the error from above
         for i, layer in enumerate(self.layers):
             h = self._relu(layer(inp))
+            if cfg.pairwise and not pairwise.learns_from_own_loss(i, int(self.pair_step)):
+                below = (layer, inp, h)  # no loss of its own this step: the layer above teaches it
+                inp = self.normalize(i, h, update_stats=True)
+                continue
             loss, d = ff_loss_and_error(h[:b], h[b:], cfg)
             self.counters += cost.ff_layer_loss(b, h.shape[1])
             if cfg.peer_norm > 0:
@@ -637,12 +648,29 @@ class FFNet(nn.Module):
                 self.counters += OpCounts(digital_ops=3 * b * n + 4 * n, digital_mults=2 * b * n + 4 * n)
             _check_finite(loss, f"layer {i}", epoch, lr)
             next_inp = self.normalize(i, h, update_stats=True)  # (last layer: for the head / BN stats)
+            if below is not None:  # before this layer's update: the error crosses its current weights
+                self._teach_below(*below, layer, d, lr)
+                below = None
             layer.apply_update(inp, d, lr)
             losses.append(float(loss))
             inp = next_inp
+        if cfg.pairwise:
+            self.pair_step += 1
         out["layer_losses"] = losses
         out["loss"] = sum(losses)
         return out
+
+    def _teach_below(self, low, x_low: torch.Tensor, h_low: torch.Tensor, up, d_up: torch.Tensor, lr: float) -> None:
+        """Pairwise learning: the upper layer's local error d_up, taken back through its weights
+        (``error_through``: a transposed MVM on an array), the normalisation and the ReLU of the
+        layer below, updates that layer: its error from the loss above (analogff.pairwise)."""
+        g = up.error_through(d_up)  # dLoss/d(the lower layer's normalised activities)
+        if self.config.norm == "length":
+            dh = pairwise.length_norm_backward(h_low, g, self.config.eps)
+        else:
+            dh = pairwise.batch_norm_backward(h_low, g)
+        self.counters += cost.norm_backward(h_low.shape[0], h_low.shape[1], self.config.norm)
+        low.apply_update(x_low, dh * (h_low > 0).to(dh.dtype), lr)
 
     # -- counts and state -----------------------------------------------------------------------
     def total_counts(self) -> OpCounts:

@@ -37,7 +37,9 @@ def length_norm_backward(h: torch.Tensor, g: torch.Tensor, eps: float) -> torch.
     r = h.pow(2).mean(1, keepdim=True).sqrt()
     s = r + eps
     gh = (g * h).sum(1, keepdim=True)
-    return g / s - h * gh / (n * r.clamp_min(1e-30) * s * s)
+    live = r > 0  # an all-zero row: y = 0 / eps, its derivative g / eps (no second term)
+    coef = torch.where(live, gh / (n * torch.where(live, r, 1.0) * s * s), 0.0)
+    return g / s - h * coef
 
 
 def batch_norm_backward(h: torch.Tensor, g: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
