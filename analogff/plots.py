@@ -221,16 +221,8 @@ def plot_accuracy_per_epoch(runs: Run | Sequence[Run], ax: Axes | None = None) -
     for (_, x, y), (method, i) in series.items():
         ax.plot(x, y, color=_color(method), linestyle=LINESTYLES[i % len(LINESTYLES)],
                 marker=MARKERS[i % len(MARKERS)], label=_series_name(method, labels[i], counts[method]))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy per epoch" + (f" — {labels[0]}" if len(runs) == 1 else ""))
-    if not series:
-        _no_data(ax, "no per-epoch rows in metrics.csv")
-        return _root(ax)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    return _root(ax)
+    title = "Test accuracy per epoch" + (f" — {labels[0]}" if len(runs) == 1 else "")
+    return _finish_integer_x(ax, "epoch", "test accuracy (%)", title, bool(series), "no per-epoch rows in metrics.csv")
 
 
 def plot_energy_breakdown(run: Run, ax: Axes | None = None, kind: str = "train") -> Figure:
@@ -513,11 +505,18 @@ def plot_layer_probes(runs: Run | Sequence[Run], ax: Axes | None = None) -> Figu
                     linestyle=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
                     label=_series_name(method, f"{labels[i]}, {run.get('dataset', '')}", 2))
             drawn += 1
-    ax.set_xlabel("FF layer")
-    ax.set_ylabel("linear-probe test accuracy (%)")
-    ax.set_title("What each layer knows: a linear probe per layer")
+    return _finish_integer_x(ax, "FF layer", "linear-probe test accuracy (%)",
+                             "What each layer knows: a linear probe per layer", drawn > 0,
+                             "no layer_probe_accuracy in the runs (probe_samples = 0?)")
+
+
+def _finish_integer_x(ax: Axes, xlabel: str, ylabel: str, title: str, drawn: bool, no_data: str) -> Figure:
+    """Labels and title; then the "no data" note, or integer ticks on x, a grid and the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     if not drawn:
-        _no_data(ax, "no layer_probe_accuracy in the runs (probe_samples = 0?)")
+        _no_data(ax, no_data)
         return _root(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
