@@ -143,8 +143,8 @@ class LocalDigitalLayer(_LocalGeometry):
         bound = 1.0 / math.sqrt(self.window)  # nn.Linear's default init per location, from our generator
         w = torch.empty(self.n_locations, spec.channels, self.window).uniform_(-bound, bound, generator=generator)
         self.weight = nn.Parameter(w)
-        self.bias = nn.Parameter(torch.empty(self.n_locations, spec.channels).uniform_(-bound, bound, generator=generator)) \
-            if bias else None
+        b0 = torch.empty(self.n_locations, spec.channels).uniform_(-bound, bound, generator=generator)
+        self.bias = nn.Parameter(b0) if bias else None
         params = [p for p in (self.weight, self.bias) if p is not None]
         self.optimizer_name = optimizer
         if optimizer == "adam":

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         f"head on layers >= {net.head_from}; train {n_train}, test {n_test}; config loss={cfg.loss} "
         f"alpha={cfg.alpha} theta={cfg.theta} goodness={cfg.goodness} lr={cfg.lr} head_lr={cfg.head_lr} "
         f"batch {args.batch_size} blurs {args.blurs} cooldown {cfg.cooldown} seed {cfg.seed}")
-    say(f"{'epoch':>5} {'test err %':>10} {'train J/sample':>15} {'infer J/sample':>15} {'wall s':>8}  losses (sum of layers, head)")
+    say(f"{'epoch':>5} {'test err %':>10} {'train J/sample':>15} {'infer J/sample':>15} {'wall s':>8}  "
+        "losses (sum of layers, head)")
     t0 = time.perf_counter()
     state = {"eval": OpCounts()}
 

@@ -37,7 +37,8 @@ SHAPES = [(28, 28, 1), (4, 4, 128), (3, 3, 220)]
 
 
 def test_hinton_local_is_the_papers_architecture():
-    assert [(s.grid, s.field, s.stride, s.channels) for s in HINTON] == [(4, 10, 6, 128), (3, 2, 1, 220), (2, 2, 1, 512)]
+    got = [(s.grid, s.field, s.stride, s.channels) for s in HINTON]
+    assert got == [(4, 10, 6, 128), (3, 2, 1, 220), (2, 2, 1, 512)]
     sizes = [s.grid ** 2 * s.channels for s in HINTON]
     assert sizes == [2048, 1980, 2048]  # "approximately 2000 hidden units per layer"
 
