@@ -279,6 +279,9 @@ def ff_step_counts(dims: Sequence[int], batch: int, config: Any = None, layer: s
 
         config = FFConfig()
     cfg, b, k = config, int(batch), config.num_classes
+    if cfg.negatives == "hard" and cfg.hard_source == "goodness" and getattr(cfg, "label_readout", "overlay") != "overlay":
+        raise ValueError("ff_step_counts models hard negatives by goodness with label_readout='overlay' only; "
+                         "count real steps instead (analogff.counts.measured)")
     if getattr(cfg, "pairwise", False):
         raise ValueError("ff_step_counts does not model pairwise learning (its counts alternate step by step); "
                          "count real steps instead (analogff.counts.measured)")

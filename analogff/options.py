@@ -401,10 +401,16 @@ def config_dict(cfg) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+#: FFConfig fields added after runs were recorded, with the value such a run used (a results.json
+#: without the field ran with it): the reconstructed config, and its command, stay the run's own
+FF_LEGACY = {"label_readout": "overlay", "pairwise": False}
+
+
 def config_from_dict(d: dict[str, Any]):
     """An ExperimentConfig from results.json's config dict (unknown keys: OptionError)."""
     values = {k: v for k, v in config_dict(d).items() if k != "ff"}
-    for k, v in (d.get("ff") or {}).items():
+    ff = d.get("ff") or {}
+    for k, v in {**({k: v for k, v in FF_LEGACY.items() if k not in ff} if ff else {}), **ff}.items():
         if k not in FF_FROM_EXPERIMENT:
             values[f"ff.{k}"] = v
     return make_config(values)

@@ -52,7 +52,8 @@ def _one_step(net, b=20):
     return m.counts
 
 
-FF_CONFIGS = [dict(), dict(norm="batch", negatives="random"), dict(negatives="hard", hard_source="goodness", head=False),
+FF_CONFIGS = [dict(), dict(norm="batch", negatives="random"),
+              dict(negatives="hard", hard_source="goodness", head=False, label_readout="overlay"),
               dict(goodness_from=0, head_from=0), dict(optimizer="momentum"), dict(optimizer="sgd")]
 
 

@@ -120,14 +120,14 @@ def test_goodness_prediction_picks_highest_goodness_label():
         assert torch.allclose(scores[:, c], (h * h).sum(1))
 
 
-def test_goodness_prediction_skips_first_layer_by_default():
+def test_goodness_prediction_sums_every_layer_by_default_or_from_goodness_from():
     net = tiny_net()
     x = torch.rand(5, 784)
     hs = net.activities(overlay_label(x, torch.full((5,), 2)))
-    assert torch.allclose(net.goodness_per_label(x)[:, 2], goodness(hs[1], net.config.goodness))
-    net.config.goodness_from = 0
     both = goodness(hs[0], net.config.goodness) + goodness(hs[1], net.config.goodness)
-    assert torch.allclose(net.goodness_per_label(x)[:, 2], both)
+    assert torch.allclose(net.goodness_per_label(x)[:, 2], both, rtol=1e-5)
+    net.config.goodness_from = 1  # Hinton's choice: skip the first layer
+    assert torch.allclose(net.goodness_per_label(x)[:, 2], goodness(hs[1], net.config.goodness), rtol=1e-5)
 
 
 def test_head_and_layer_inputs_are_normalised():

@@ -110,7 +110,10 @@ def test_training_counts_exclude_evaluation(kind):
     assert without.eval_counters == OpCounts()
     assert with_test.eval_counters.digital_ops > 0 and hist[0]["eval_samples"] == 2 * 200
     if kind == "analog":  # the crossbars' MVMs of evaluation are evaluation too
-        assert with_test.eval_counters.mvms == 2 * (10 * 200 + 200) * 2  # 2 epochs x (goodness + head) x 2 layers
+        # per epoch: goodness (label_readout="differential"): layer 0 reads the 200 images once and each
+        # of the 10 label rows 32 times; layer 1 the trials' mean and the 10 differences per image;
+        # then the head's neutral pass through both layers
+        assert with_test.eval_counters.mvms == 2 * ((200 + 10 * 32) + (200 + 10 * 200) + 2 * 200)
 
 
 def test_resume_keeps_evaluation_counts_apart(tmp_path):
@@ -174,3 +177,18 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         train_ff(other, tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
     hist = train_ff(tiny_net(), tiny_data(), epochs=1, batch_size=50, seed=0, progress=False, checkpoint=ck, resume=True)
     assert len(hist) == 1  # the same settings resume (here: nothing left to train)
+
+
+def test_evaluation_does_not_change_how_an_analog_net_trains():
+    """The crossbars read evaluation passes with their own random stream: a run evaluated every
+    epoch trains exactly like one never evaluated (the same weights, bit for bit)."""
+    from pathlib import Path
+
+    ecram = Path(__file__).resolve().parents[1] / "devices" / "ecram.toml"
+    data = tiny_data()
+    nets = [FFNet([784, 16, 16], layer="analog", device=ecram, config=FFConfig(lr=1e-2, head_lr=1e-2, cooldown=0.0))
+            for _ in range(2)]
+    train_ff(nets[0], data, epochs=2, batch_size=100, seed=0, progress=False)
+    train_ff(nets[1], {"train": data["train"], "test": None}, epochs=2, batch_size=100, seed=0, progress=False)
+    for a, b in zip(nets[0].layers, nets[1].layers):
+        assert torch.equal(a.xbar.get_weights(), b.xbar.get_weights())

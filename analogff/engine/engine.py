@@ -45,6 +45,9 @@ class TorchPulsedEngine:
         self.preset = type(rpu_config).__name__
         self.device = torch.device(device)
         self.rng = _Rng(seed, self.device)
+        #: reads in evaluation (``is_test``) draw their noise from a stream of their own, so that
+        #: evaluating a net (how often, with which readout) never changes how it trains
+        self.eval_rng = _Rng((int(seed) * 0x9E3779B97F4A7C15 + 0x7F4A7C15) % 2**63, self.device)
         self._mvm = _analog_mvm()
         where = f"preset {self.preset} (device {type(rpu_config.device).__name__})"
         up = rpu_config.update
@@ -71,7 +74,7 @@ class TorchPulsedEngine:
     # -- MVMs --------------------------------------------------------------------------------
     def forward(self, x: Tensor, is_test: bool = False) -> Tensor:
         x = x.detach().to(self.device, torch.float32)
-        with torch.no_grad(), _seeded(self.rng):
+        with torch.no_grad(), _seeded(self.eval_rng if is_test else self.rng):
             return self._mvm.matmul(self.cell.weights(), x, self.f_io, False, is_test=is_test, reads=self.reads)
 
     def backward(self, d: Tensor) -> Tensor:
@@ -132,17 +135,20 @@ class TorchPulsedEngine:
         """Everything needed to continue bit for bit: weights, device state, counters, RNG."""
         return {"weights": self.get_weights().cpu().clone(),
                 "device_state": {k: v.detach().cpu().clone() for k, v in self.device_state().items()},
-                "cell": self.cell.extra_state(), "rng": self.rng.get_state()}
+                "cell": self.cell.extra_state(), "rng": self.rng.get_state(), "eval_rng": self.eval_rng.get_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.load_device_state(state["device_state"], weights=state["weights"])
         self.cell.load_extra_state(state["cell"])
         self.rng.set_state(state["rng"])
+        if "eval_rng" in state:
+            self.eval_rng.set_state(state["eval_rng"])
 
     def to(self, device: str | torch.device) -> "TorchPulsedEngine":
         device = torch.device(device)
         if device != self.device:
             self.cell.to(device)
             self.rng = self.rng.to(device)
+            self.eval_rng = self.eval_rng.to(device)
             self.device = device
         return self
