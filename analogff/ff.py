@@ -47,7 +47,6 @@ rule). An analog layer's crossbar counts its own analog operations in ``xbar.cou
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -57,7 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from analogff import accounting as cost
-from analogff import pairwise
+from analogff import pairwise, readout
+from analogff.objectives import ff_loss_and_error_general, goodness, peer_norm_loss_and_error  # noqa: F401
+from analogff.objectives import goodness_grad, margin_loss  # noqa: F401 (re-exported)
 from analogff.energy import OpCounts
 from analogff.layers import ANALOG_UPDATES, AnalogLayer, DigitalLayer
 from analogff.layers import ANALOG_LR, adam_direction, resolve_analog_update  # noqa: F401 (re-exported)
@@ -91,7 +92,7 @@ class FFConfig:
     pairwise: bool = False  #: alternated pairwise learning (the Trifecta; analogff.pairwise): on alternate
     #: steps a layer's loss also trains the layer below it, through its weights (a counted transposed MVM on
     #: an array)
-    peer_norm: float = 0.0  #: peer normalisation coefficient (Hinton's official code: 0.03; 0: off): the loss
+    peer_norm: float = 0.0  #: peer normalisation coefficient (0.03 in loeweX/Forward-Forward; 0: off): the loss
     #: peer_norm * mean_j (mean(r) - r_j)^2 on each unit's running mean r_j <- 0.9 r_j + 0.1 mean_pos(h_j)
     norm: str = "length"  #: between layers: "length" (Hinton) | "batch" (Trifecta)
     negatives: str = "hard"  #: "random" wrong label | "hard": drawn from the net's predictions
@@ -169,38 +170,6 @@ class FFConfig:
 # since d relu(z)^2 / dz = 2 relu(z).
 
 
-def goodness(h: torch.Tensor, kind: str = "mean", p: float = 2.0) -> torch.Tensor:
-    """Goodness of each row of ReLU activities h (>= 0): sum or mean of squares, "abs": sum of the
-    activities, "pnorm": (sum h^p)^(1/p)."""
-    if kind == "abs":
-        return h.sum(1)
-    if kind == "pnorm":
-        return h.pow(p).sum(1).pow(1.0 / p)
-    return (h * h).sum(1) if kind == "sum" else (h * h).mean(1)
-
-
-def goodness_grad(h: torch.Tensor, kind: str = "mean", p: float = 2.0) -> torch.Tensor:
-    """dG/dz of :func:`goodness` per unit, (B, n), for h = relu(z) (0 where z <= 0)."""
-    if kind == "sum":
-        return 2.0 * h
-    if kind == "mean":
-        return 2.0 * h / h.shape[1]
-    active = h > 0
-    if kind == "abs":
-        return active.to(h.dtype)
-    g = goodness(h, "pnorm", p)[:, None]  # d (sum h^p)^(1/p) / dh_j = h_j^(p-1) G^(1-p)
-    grad = h.clamp_min(torch.finfo(h.dtype).tiny).pow(p - 1) * g.clamp_min(torch.finfo(h.dtype).tiny).pow(1 - p)
-    return torch.where(active, grad, torch.zeros_like(h))
-
-
-def margin_loss(m: torch.Tensor, fn: str = "logsigmoid") -> tuple[torch.Tensor, torch.Tensor]:
-    """(f(m), f'(m)) per element: "logsigmoid" f = softplus(-m) = -log sigmoid(m); "sigmoid" f = 1 - sigmoid(m)."""
-    if fn == "logsigmoid":
-        return F.softplus(-m), -torch.sigmoid(-m)
-    s = torch.sigmoid(m)
-    return 1.0 - s, -s * (1.0 - s)
-
-
 def hinton_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float = 100.0) -> torch.Tensor:
     """softplus(-(G_pos - theta)) + softplus(G_neg - theta), mean over the batch."""
     return (F.softplus(theta - g_pos) + F.softplus(g_neg - theta)).mean()
@@ -229,7 +198,7 @@ def ff_loss_and_error(h_pos, h_neg, cfg: FFConfig):
     With ``goodness_sign="min"`` the losses see s = -G (and the threshold -theta): positive data is
     pushed below theta, negative data above it."""
     if cfg.goodness not in ("sum", "mean") or cfg.goodness_sign != "max" or cfg.loss_fn != "logsigmoid":
-        return _ff_loss_and_error_general(h_pos, h_neg, cfg)
+        return ff_loss_and_error_general(h_pos, h_neg, cfg)
     g_pos, g_neg = goodness(h_pos, cfg.goodness), goodness(h_neg, cfg.goodness)
     if cfg.loss == "symba":
         loss = symba_loss(g_pos, g_neg, cfg.alpha)
@@ -240,40 +209,6 @@ def ff_loss_and_error(h_pos, h_neg, cfg: FFConfig):
     scale = 2.0 if cfg.goodness == "sum" else 2.0 / h_pos.shape[1]
     d = torch.cat([dg_pos[:, None] * h_pos, dg_neg[:, None] * h_neg]) * scale
     return loss, d
-
-
-def _ff_loss_and_error_general(h_pos, h_neg, cfg: FFConfig):
-    """:func:`ff_loss_and_error` for any goodness kind, sign and margin loss f (``cfg.loss_fn``)."""
-    sgn = 1.0 if cfg.goodness_sign == "max" else -1.0
-    kind, p = cfg.goodness, cfg.goodness_p
-    s_pos, s_neg = sgn * goodness(h_pos, kind, p), sgn * goodness(h_neg, kind, p)
-    b = s_pos.shape[0]
-    if cfg.loss == "hinton":
-        th = sgn * cfg.theta
-        (f_pos, df_pos), (f_neg, df_neg) = margin_loss(s_pos - th, cfg.loss_fn), margin_loss(th - s_neg, cfg.loss_fn)
-        loss = (f_pos + f_neg).mean()
-        ds_pos, ds_neg = df_pos / b, -df_neg / b
-    else:
-        f, df = margin_loss(cfg.alpha * (s_pos - s_neg), cfg.loss_fn)
-        loss = f.mean()
-        ds_pos = cfg.alpha * df / b
-        ds_neg = -ds_pos
-    d = torch.cat([(sgn * ds_pos)[:, None] * goodness_grad(h_pos, kind, p),
-                   (sgn * ds_neg)[:, None] * goodness_grad(h_neg, kind, p)])
-    return loss, d
-
-
-def peer_norm_loss_and_error(h_pos: torch.Tensor, running: torch.Tensor, coef: float, momentum: float = 0.9):
-    """Peer normalisation (Hinton 2022; the official code's coefficient 0.03): with each unit's running
-    mean activity ``r = momentum r_old + (1 - momentum) mean_b h_pos`` (r_old fixed), the loss
-    ``coef * mean_j (mean(r) - r_j)^2`` and its local error dL/dz on the positive rows, (B, n).
-    Returns (loss, d, r): the caller keeps r as the new running mean."""
-    b, n = h_pos.shape
-    r = momentum * running + (1 - momentum) * h_pos.mean(0)
-    dev = r - r.mean()
-    loss = coef * dev.pow(2).mean()
-    d = (coef * 2.0 / n * (1 - momentum) / b) * dev[None, :] * (h_pos > 0).to(h_pos.dtype)
-    return loss, d, r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +396,7 @@ class FFNet(nn.Module):
             labels = torch.arange(k, device=x.device).repeat_interleave(b)
             hs = self.activities(overlay_label(x.repeat(k, 1), labels, k, cfg.label_value))
         else:
-            hs = self._label_trial_activities(x)
+            hs = readout.label_trial_activities(self, x)
         score = sum(goodness(h, cfg.goodness, cfg.goodness_p) for h in hs[self.goodness_from:])
         self.counters += self._goodness_cost(hs[self.goodness_from:])
         if cfg.goodness_sign == "min":  # the lowest goodness wins
@@ -477,82 +412,6 @@ class FFNet(nn.Module):
         if self.config.goodness == "pnorm":
             return OpCounts(digital_ops=n, digital_special_ops=n + sum(h.shape[0] for h in hs))
         return cost.goodness_scores(n)
-
-    # -- the label trials of goodness prediction, sharing what they share ----------------------
-    def _label_trial_activities(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """ReLU activities of every layer for the k label trials of x, (k * B, n) each, label-major
-        (rows c*B..(c+1)*B-1: label c), read as ``config.label_readout`` says."""
-        cfg, k = self.config, self.config.num_classes
-        b = x.shape[0]
-        hs: list[torch.Tensor] = []
-        z, inp = self._first_layer_trials(x), x
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                z = (self._differential_read(layer, inp, k, b)
-                     if cfg.label_readout == "differential" and isinstance(layer, AnalogLayer) else layer(inp))
-            h = self._relu(z)
-            hs.append(h)
-            if i + 1 < len(self.layers):
-                inp = self.normalize(i, h)
-        return hs
-
-    def _first_layer_trials(self, x: torch.Tensor) -> torch.Tensor:
-        """First-layer pre-activations of the k label trials, (k * B, n): the image part (label
-        pixels not driven) once per sample plus each label row's contribution."""
-        cfg, k = self.config, self.config.num_classes
-        b, lay = x.shape[0], self.layers[0]
-        img = x[:, k:]
-        if isinstance(lay, DigitalLayer):
-            w, bias = lay.linear.weight, lay.linear.bias
-            n_out = w.shape[0]
-            z_img = F.linear(img, w[:, k:], bias)
-            self.counters += cost.linear_forward(b, w.shape[1] - k, n_out, bias is not None, lay.state_in_dram)
-            z_lab = cfg.label_value * w[:, :k].t()  # (k, n): label c's column of W, scaled
-            self.counters += OpCounts(digital_mults=k * n_out)
-        elif isinstance(lay, AnalogLayer):
-            n_out = lay.n_out
-            n_rows = lay.n_in + int(lay.bias)
-            z_img = self._analog_read(lay, lay._rows(x)[:, k:], torch.arange(k, n_rows))  # image + bias rows
-            r = min(cfg.label_reads, b)
-            drive = torch.full((r, 1), cfg.label_value, dtype=x.dtype, device=x.device)
-            z_lab = torch.stack([self._analog_read(lay, drive * lay.input_gain, torch.tensor([c])).mean(0)
-                                 for c in range(k)])
-            self.counters += OpCounts(digital_ops=k * (r - 1) * n_out, digital_mults=k * n_out)  # the means
-        else:
-            raise TypeError(f"label_readout={cfg.label_readout!r} needs a DigitalLayer or AnalogLayer first layer, "
-                            f"not {type(lay).__name__}")
-        self.counters += OpCounts(digital_ops=k * b * n_out,
-                                  sram_bytes=cost.BYTES_PER_VALUE * k * b * n_out)  # z_img + z_lab[c], stored
-        return (z_img.unsqueeze(0) + z_lab.to(z_img).unsqueeze(1)).reshape(k * b, n_out)
-
-    def _analog_read(self, lay: AnalogLayer, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """One read of an analog layer's array driving only ``rows`` (array rows, the bias row
-        included) with ``values`` (B, len(rows)), already scaled by the layer's input gain; the
-        output in the layer's units (divided by the gain). A crossbar without row selection (a
-        test's fake) is driven with zeros on the other rows."""
-        b = values.shape[0]
-        self.counters += cost.analog_periphery_io(b, rows.numel(), lay.n_out)
-        if "rows" in inspect.signature(lay.xbar.forward).parameters:
-            y = lay.xbar.forward(values, rows=rows)
-        else:
-            full = values.new_zeros(b, lay.n_in + int(lay.bias))
-            full[:, rows.to(values.device)] = values
-            y = lay.xbar.forward(full)
-        return y / lay.input_gain if lay.input_gain != 1.0 else y
-
-    def _differential_read(self, lay: AnalogLayer, inp: torch.Tensor, k: int, b: int) -> torch.Tensor:
-        """Pre-activations of an analog layer for the k label trials inp (k * B, n_in), label-major:
-        one read of the trials' mean u0 (with the bias row) per sample plus one read of each
-        trial's difference u_c - u0 (bias row not driven), added digitally."""
-        n_in = inp.shape[1]
-        u = inp.view(k, b, n_in)
-        u0 = u.mean(0)  # (B, n_in), digital: k - 1 adds and one multiply per value
-        delta = (u - u0.unsqueeze(0)).reshape(k * b, n_in)
-        self.counters += OpCounts(digital_ops=(k - 1) * b * n_in + k * b * n_in, digital_mults=b * n_in)
-        z0 = self._analog_read(lay, lay._rows(u0), torch.arange(lay.n_in + int(lay.bias)))
-        dz = self._analog_read(lay, delta * lay.input_gain, torch.arange(lay.n_in))
-        self.counters += OpCounts(digital_ops=k * b * lay.n_out)  # z0 + dz_c
-        return (dz.view(k, b, -1) + z0.unsqueeze(0)).reshape(k * b, lay.n_out)
 
     @torch.no_grad()
     def head_input(self, hs: list[torch.Tensor]) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from analogff.devices import load_device
 from analogff.energy import measured
 from analogff.ff import LABEL_READOUTS, FFConfig, FFNet
+from analogff.readout import first_layer_trials
 
 from ffhelpers import FakeCrossbar, tiny_net
 
@@ -126,7 +127,7 @@ def test_more_label_reads_average_the_label_rows_noise():
     errs = []
     for reads in (1, 64):
         net = analog_net("shared", device=load_device(DEVICES / "ecram.toml"), label_reads=reads)
-        z = net._first_layer_trials(x).view(K, 64, -1)
+        z = first_layer_trials(net, x).view(K, 64, -1)
         w = net.layers[0].xbar.get_weights()
         lab = (z - z[0:1])[:, 0]  # label c minus label 0, one sample: the label rows' part only
         errs.append(float((lab - (w[:, :K] - w[:, :1]).t()).std()))
