@@ -153,21 +153,31 @@ def test_ff_batch_order_matches_aihwkit(path):
     devices that get the most pulses). Measured: mean and spread within 2-7 %, bias column within
     its noise (on 785 x 64 with real MNIST: within 12 %, ReRAM ES, whose noise is 5 steps per pulse
     on a strongly nonlinear step). Without the ordered parts the torch engine missed the drift of
-    the soft-bounds and bounded devices entirely."""
-    a, t = _pair(path, 0)
-    g = torch.Generator().manual_seed(11)
-    ha0, ht0 = _hidden(a.device_state(), a.get_weights()), _hidden(t.device_state(), t.get_weights())
-    for _ in range(2):
-        x = torch.rand(2 * B, IN, generator=g) * (torch.rand(2 * B, IN, generator=g) < 0.3)
-        x[:, -1] = 1.0
-        mag = torch.rand(2 * B, OUT, generator=g) * (torch.rand(2 * B, OUT, generator=g) < 0.6)
-        d = torch.cat([-mag[:B], mag[B:]]) * 3  # positive half raises, negative half lowers
-        a.update(x, d, 0.05)
-        t.update(x, d, 0.05)
-    da = _hidden(a.device_state(), a.get_weights()) - ha0
-    dt = _hidden(t.device_state(), t.get_weights()) - ht0
+    the soft-bounds and bounded devices entirely.
+
+    aihwkit seeds its generator from the clock, so its side is a random draw: where the mean change
+    is near zero (capacitor_agad: -0.0009 with a spread of 0.016) about one aihwkit run in ten lands
+    outside the band (measured: -0.0022). The mean is then compared with the median of three
+    aihwkit runs; the torch engine's side is seeded and the same in every run."""
+    def run(pair):
+        a, t = pair
+        g = torch.Generator().manual_seed(11)
+        ha0, ht0 = _hidden(a.device_state(), a.get_weights()), _hidden(t.device_state(), t.get_weights())
+        for _ in range(2):
+            x = torch.rand(2 * B, IN, generator=g) * (torch.rand(2 * B, IN, generator=g) < 0.3)
+            x[:, -1] = 1.0
+            mag = torch.rand(2 * B, OUT, generator=g) * (torch.rand(2 * B, OUT, generator=g) < 0.6)
+            d = torch.cat([-mag[:B], mag[B:]]) * 3  # positive half raises, negative half lowers
+            a.update(x, d, 0.05)
+            t.update(x, d, 0.05)
+        return _hidden(a.device_state(), a.get_weights()) - ha0, _hidden(t.device_state(), t.get_weights()) - ht0
+
+    da, dt = run(_pair(path, 0))
     sa = float(da.std())
-    assert abs(float(da.mean()) - float(dt.mean())) < 0.1 * abs(float(da.mean())) + 0.05 * sa, (da.mean(), dt.mean())
+    mean_a = float(da.mean())
+    if not abs(mean_a - float(dt.mean())) < 0.1 * abs(mean_a) + 0.05 * sa:
+        mean_a = sorted([mean_a] + [float(run(_pair(path, 0))[0].mean()) for _ in range(2)])[1]
+    assert abs(mean_a - float(dt.mean())) < 0.1 * abs(mean_a) + 0.05 * sa, (mean_a, dt.mean())
     assert abs(float(dt.std()) / sa - 1) < 0.12, (sa, dt.std())
     col_a, col_t = da[..., -1].flatten(), dt[..., -1].flatten()
     ca, ct = float(col_a.mean()), float(col_t.mean())
