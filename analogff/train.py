@@ -47,13 +47,20 @@ def _save_atomic(obj, path) -> None:
 
 
 def _rng_states(net: FFNet) -> dict:
-    """RNG state of crossbars that expose their generator (for exact analog resume)."""
+    """RNG state of every crossbar that exposes its generator, by the name of the module that holds
+    it (for exact analog resume; a locally connected layer holds a crossbar per location)."""
     out = {}
-    for i, layer in enumerate(net.layers):
-        g = _xbar_generator(layer)
+    for name, module in net.named_modules():
+        g = _xbar_generator(module)
         if g is not None:
-            out[i] = g.get_state()
+            out[name] = g.get_state()
     return out
+
+
+def _set_rng_states(net: FFNet, states: dict) -> None:
+    modules = dict(net.named_modules())
+    for key, state in states.items():  # an int key: a checkpoint of an older version (layer index)
+        _xbar_generator(net.layers[key] if isinstance(key, int) else modules[key]).set_state(state)
 
 
 def _xbar_generator(layer):
@@ -122,8 +129,7 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
         net.load_state_dict(ck["net"])
         net.load_optim_state(ck["optim"])
         gen.set_state(ck["rng"])
-        for i, state in ck.get("xbar_rng", {}).items():
-            _xbar_generator(net.layers[i]).set_state(state)
+        _set_rng_states(net, ck.get("xbar_rng", {}))
         net.counters.reset()
         net.counters += OpCounts(**ck["counters"])
         net.eval_counters.reset()
