@@ -60,7 +60,7 @@ from analogff import pairwise, readout
 from analogff.objectives import ff_loss_and_error_general, goodness, peer_norm_loss_and_error  # noqa: F401
 from analogff.objectives import goodness_grad, margin_loss  # noqa: F401 (re-exported)
 from analogff.energy import OpCounts
-from analogff.layers import ANALOG_UPDATES, AnalogLayer, DigitalLayer
+from analogff.layers import ANALOG_UPDATES, AnalogLayer, DigitalLayer, LayerStackState
 from analogff.layers import ANALOG_LR, adam_direction, resolve_analog_update  # noqa: F401 (re-exported)
 
 
@@ -260,7 +260,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, si
 # ---------------------------------------------------------------------------------------------
 # 4. The FF network
 # ---------------------------------------------------------------------------------------------
-class FFNet(nn.Module):
+class FFNet(LayerStackState, nn.Module):
     """A stack of FF layers (``dims = [784, n1, n2, ...]``), trained layer-locally.
 
     ``layer``: "digital" (``DigitalLayer``) or "analog" (``AnalogLayer`` on a crossbar of the
@@ -534,30 +534,7 @@ class FFNet(nn.Module):
         self.counters += cost.norm_backward(h_low.shape[0], h_low.shape[1], self.config.norm)
         low.apply_update(x_low, dh * (h_low > 0).to(dh.dtype), lr)
 
-    # -- counts and state -----------------------------------------------------------------------
-    def total_counts(self) -> OpCounts:
-        """Training counts: the periphery/digital counts plus every crossbar's (not ``eval_counters``)."""
-        from analogff.energy import total_counts
-
-        return total_counts(self)
-
-    @property
-    def periphery_state_bytes(self) -> int:
-        """Digital optimiser/periphery state of all layers and the head, in bytes."""
-        n = sum(layer.periphery_state_bytes for layer in self.layers)
-        return n + (self.head.periphery_state_bytes if self.head is not None else 0)
-
-    def optim_state(self) -> dict:
-        state = {f"layer{i}": layer.optim_state() for i, layer in enumerate(self.layers)}
-        if self.head is not None:
-            state["head"] = self.head.optim_state()
-        return state
-
-    def load_optim_state(self, state: dict) -> None:
-        for i, layer in enumerate(self.layers):
-            layer.load_optim_state(state[f"layer{i}"])
-        if self.head is not None:
-            self.head.load_optim_state(state["head"])
+    # counts and state (total_counts, periphery_state_bytes, optim_state): layers.LayerStackState
 
 
 def _check_finite(t: torch.Tensor, where: str, epoch: int | None, lr: float) -> None:

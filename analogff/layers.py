@@ -31,7 +31,58 @@ def adam_direction(m: torch.Tensor, v: torch.Tensor, t: int, g: torch.Tensor,
     return (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
 
 
-class DigitalLayer(nn.Module):
+class DigitalOptimState:
+    """The optimiser state of a digital layer with a torch optimiser ``self.opt``, its size and the
+    residency rule's input (``optimizer_name``, ``n_params``): shared by the dense and the locally
+    connected digital layers."""
+
+    def optim_state(self) -> dict:
+        return self.opt.state_dict()
+
+    def load_optim_state(self, state: dict) -> None:
+        self.opt.load_state_dict(state)
+
+    @property
+    def periphery_state_bytes(self) -> int:
+        """Optimiser state besides the weights (Adam: m and v; momentum: one buffer)."""
+        return cost.optimizer(self.optimizer_name).state_per_param * cost.BYTES_PER_VALUE * self.n_params
+
+    @property
+    def resident_bytes(self) -> int:
+        """Weights, gradients and optimiser state kept between steps (the residency rule's input)."""
+        return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
+
+
+class LayerStackState:
+    """Counts and optimiser state of a net of ``self.layers`` and an optional softmax ``self.head``
+    (FFNet, UnsupervisedFFNet)."""
+
+    def total_counts(self) -> OpCounts:
+        """Training counts: the periphery/digital counts plus every crossbar's (not ``eval_counters``)."""
+        from analogff.counts import total_counts
+
+        return total_counts(self)
+
+    @property
+    def periphery_state_bytes(self) -> int:
+        """Digital optimiser/periphery state of all layers and the head, in bytes."""
+        n = sum(layer.periphery_state_bytes for layer in self.layers)
+        return n + (self.head.periphery_state_bytes if self.head is not None else 0)
+
+    def optim_state(self) -> dict:
+        state = {f"layer{i}": layer.optim_state() for i, layer in enumerate(self.layers)}
+        if self.head is not None:
+            state["head"] = self.head.optim_state()
+        return state
+
+    def load_optim_state(self, state: dict) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.load_optim_state(state[f"layer{i}"])
+        if self.head is not None:
+            self.head.load_optim_state(state["head"])
+
+
+class DigitalLayer(DigitalOptimState, nn.Module):
     """A digital FF layer: ``nn.Linear`` and a torch optimiser fed with the local update d^T x."""
 
     def __init__(self, n_in: int, n_out: int, *, lr: float = 1e-3, optimizer: str = "adam",
@@ -88,22 +139,6 @@ class DigitalLayer(nn.Module):
             p.grad = None
         self.counters += cost.digital_update(b, n_in, n_out, self.optimizer_name, self.linear.bias is not None,
                                              self.state_in_dram)
-
-    def optim_state(self) -> dict:
-        return self.opt.state_dict()
-
-    def load_optim_state(self, state: dict) -> None:
-        self.opt.load_state_dict(state)
-
-    @property
-    def periphery_state_bytes(self) -> int:
-        """Optimiser state besides the weights (Adam: m and v; momentum: one buffer)."""
-        return cost.optimizer(self.optimizer_name).state_per_param * cost.BYTES_PER_VALUE * self.n_params
-
-    @property
-    def resident_bytes(self) -> int:
-        """Weights, gradients and optimiser state kept between steps (the residency rule's input)."""
-        return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
 
 
 ANALOG_UPDATES = ("auto", "sgd", "normalized", "momentum", "adam", "onarray")

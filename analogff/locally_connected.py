@@ -51,7 +51,7 @@ from torch import nn
 
 from analogff import accounting as cost
 from analogff.energy import OpCounts
-from analogff.layers import AnalogLayer
+from analogff.layers import AnalogLayer, DigitalOptimState
 
 __all__ = ["LocalSpec", "LOCAL_ARCHITECTURES", "local_windows", "LocalDigitalLayer", "LocalAnalogLayer",
            "architecture_shapes"]
@@ -128,7 +128,7 @@ class _LocalGeometry(nn.Module):
         return x[:, self.windows]
 
 
-class LocalDigitalLayer(_LocalGeometry):
+class LocalDigitalLayer(DigitalOptimState, _LocalGeometry):
     """A digital locally connected FF layer: weights (L, channels, window), biases (L, channels)."""
 
     #: set by the net: True when its resident state exceeds the on-chip SRAM
@@ -185,20 +185,6 @@ class LocalDigitalLayer(_LocalGeometry):
             self.bias.grad = None
         self.counters += cost.digital_update(b, self.window, ch, self.optimizer_name, self.bias is not None,
                                              self.state_in_dram).scaled(self.n_locations)
-
-    def optim_state(self) -> dict:
-        return self.opt.state_dict()
-
-    def load_optim_state(self, state: dict) -> None:
-        self.opt.load_state_dict(state)
-
-    @property
-    def periphery_state_bytes(self) -> int:
-        return cost.optimizer(self.optimizer_name).state_per_param * cost.BYTES_PER_VALUE * self.n_params
-
-    @property
-    def resident_bytes(self) -> int:
-        return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
 
 
 class LocalAnalogLayer(_LocalGeometry):

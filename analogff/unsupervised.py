@@ -54,7 +54,7 @@ from torch import nn
 from analogff import accounting as cost
 from analogff.energy import OpCounts
 from analogff.ff import FFConfig, _check_finite, ff_loss_and_error
-from analogff.layers import AnalogLayer, DigitalLayer
+from analogff.layers import AnalogLayer, DigitalLayer, LayerStackState
 from analogff.locally_connected import LOCAL_ARCHITECTURES, LocalAnalogLayer, LocalDigitalLayer, LocalSpec
 
 __all__ = ["BLUR_KERNEL", "hybrid_mask", "hybrid_negatives", "hybrid_counts", "UnsupervisedFFNet"]
@@ -116,7 +116,7 @@ def hybrid_negatives(x: torch.Tensor, generator: torch.Generator, side: int | No
     return (neg, m, partner) if return_parts else neg
 
 
-class UnsupervisedFFNet(nn.Module):
+class UnsupervisedFFNet(LayerStackState, nn.Module):
     """An FF net trained without labels on real (positive) and hybrid (negative) images, read by a
     linear softmax head on the normalised activities of layers >= ``head_from``.
 
@@ -363,28 +363,3 @@ class UnsupervisedFFNet(nn.Module):
         self.counters += cost.head_loss(b, k)
         self.head.apply_update(hin, d_head, head_lr)
         return float(F.cross_entropy(logits, y))
-
-    # -- counts and state -----------------------------------------------------------------------
-    def total_counts(self) -> OpCounts:
-        """Training counts: the periphery/digital counts plus every crossbar's (not eval_counters)."""
-        from analogff.energy import total_counts
-
-        return total_counts(self)
-
-    @property
-    def periphery_state_bytes(self) -> int:
-        """Digital optimiser/periphery state of all layers and the head, in bytes."""
-        n = sum(layer.periphery_state_bytes for layer in self.layers)
-        return n + (self.head.periphery_state_bytes if self.head is not None else 0)
-
-    def optim_state(self) -> dict:
-        state = {f"layer{i}": layer.optim_state() for i, layer in enumerate(self.layers)}
-        if self.head is not None:
-            state["head"] = self.head.optim_state()
-        return state
-
-    def load_optim_state(self, state: dict) -> None:
-        for i, layer in enumerate(self.layers):
-            layer.load_optim_state(state[f"layer{i}"])
-        if self.head is not None:
-            self.head.load_optim_state(state["head"])
