@@ -279,6 +279,12 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
         return hs
 
     @torch.no_grad()
+    def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised activities of every layer for images x: what a linear probe of each layer
+        reads (analogff.probes)."""
+        return [self.normalize(h) for h in self.activities(x)]
+
+    @torch.no_grad()
     def head_input(self, hs: list[torch.Tensor]) -> torch.Tensor:
         """The head's input: normalised activities of layers >= head_from, concatenated (detached)."""
         return torch.cat([self.normalize(h) for i, h in enumerate(hs) if i >= self.head_from], 1).detach()

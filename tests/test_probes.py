@@ -59,3 +59,15 @@ def test_probes_of_a_trained_ff_net_one_per_layer_and_counters_untouched():
 def test_probe_needs_samples():
     with pytest.raises(ValueError, match="at least one training image"):
         layer_probe_accuracy(TwoFeatureNet(), _labelled(10, 0), _labelled(10, 1), samples=0)
+
+
+def test_unsupervised_net_gets_a_probe_per_layer():
+    from analogff.ff import FFConfig
+    from analogff.train import train_ff
+    from analogff.unsupervised import UnsupervisedFFNet
+
+    net = UnsupervisedFFNet([784, 24, 24, 24], config=FFConfig(lr=1e-2, head_lr=1e-2, cooldown=0.0))
+    data = tiny_data()
+    train_ff(net, data, epochs=1, batch_size=50, seed=0, progress=False)
+    acc = layer_probe_accuracy(net, data["train"], data["test"], samples=500, epochs=5)
+    assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc) and max(acc) > 0.3, acc
