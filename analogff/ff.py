@@ -246,15 +246,23 @@ def hard_wrong_labels(probs: torch.Tensor, y: torch.Tensor, generator: torch.Gen
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, side: int = 28):
-    """Each flattened side x side image moved by up to ``max_shift`` pixels in x and y (zero fill)."""
+    """Each flattened image of side x side pixels (channel-major, as CIFAR-10's batches store them:
+    any number of channels) moved by up to ``max_shift`` pixels in x and y (zero fill); all channels
+    of an image move together."""
     if max_shift <= 0:
         return x
-    b, k = x.shape[0], max_shift
-    img = F.pad(x.view(b, side, side), (k, k, k, k))
+    (b, n), k = x.shape, max_shift
+    c, rest = divmod(n, side * side)
+    if rest or c < 1:
+        raise ValueError(f"random_shift: {n} values per image are not whole {side} x {side} channels; "
+                         "set FFConfig.image_side to the images' side")
+    img = F.pad(x.view(b, c, side, side), (k, k, k, k))
     dy, dx = torch.randint(0, 2 * k + 1, (2, b), generator=generator, device=generator.device).to(x.device)
     ar = torch.arange(side, device=x.device)
-    rows, cols = (dy[:, None] + ar)[:, :, None], (dx[:, None] + ar)[:, None, :]
-    return img[torch.arange(b, device=x.device)[:, None, None], rows, cols].reshape(b, -1)
+    rows, cols = (dy[:, None] + ar)[:, None, :, None], (dx[:, None] + ar)[:, None, None, :]
+    idx_b = torch.arange(b, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(c, device=x.device)[None, :, None, None]
+    return img[idx_b, idx_c, rows, cols].reshape(b, -1)
 
 
 # ---------------------------------------------------------------------------------------------

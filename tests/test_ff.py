@@ -99,6 +99,22 @@ def test_random_shift():
     assert torch.equal(random_shift(x, 0, g), x)
 
 
+def test_random_shift_moves_every_channel_of_an_image_together():
+    """CIFAR-10's channel-major 3 x 32 x 32 images: the three channels get the same shift; a size
+    that is not whole channels is a one-line error naming FFConfig.image_side."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(4, 3 * 32 * 32)
+    for c in range(3):
+        x[:, c * 1024 + 16 * 32 + 16] = c + 1.0  # the centre pixel of each channel, tagged by channel
+    out = random_shift(x, 3, g, side=32).view(4, 3, 32, 32)
+    for i in range(4):
+        where = [torch.nonzero(out[i, c]).tolist() for c in range(3)]
+        assert where[0] == where[1] == where[2] and len(where[0]) == 1
+        assert [float(out[i, c].sum()) for c in range(3)] == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="image_side"):
+        random_shift(torch.zeros(2, 1000), 2, g, side=28)
+
+
 # ---------------------------------------------------------------------------------- prediction
 def test_goodness_prediction_picks_highest_goodness_label():
     # One layer, unit j = label pixel j + pixel 10+j: goodness(label c) = const + 2 x[10+c] + 1,
