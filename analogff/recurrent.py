@@ -270,6 +270,13 @@ class RecurrentFFNet(nn.Module):
             ns.append(self._normalize(hs[i]) if i + 1 < self.n_hidden else None)
         return z_img, hs, ns, z
 
+    @torch.no_grad()
+    def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised states of every hidden layer after the label-free bottom-up pass on images x:
+        what a linear probe of each layer reads (analogff.probes). No label reaches them."""
+        _, hs, _, _ = self._bottom_up(x)
+        return [self._normalize(h) for h in hs]
+
     def _iterate(self, z_img: torch.Tensor, hs: list[torch.Tensor], ns: list[torch.Tensor | None],
                  top: torch.Tensor):
         """One synchronous iteration: from states hs (and their normalisations ns, filled in where

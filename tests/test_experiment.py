@@ -315,6 +315,7 @@ def test_recurrent_variant_runs_from_the_main_job(tmp_path):
         m = res["methods"][name]
         assert m["variant"] == "recurrent" and m["predict"] == "goodness" and 0 <= m["test_accuracy"] <= 1
         assert m["counters"]["backward_adc_conversions"] == 0
+        assert len(m["layer_probe_accuracy"]) == 2  # a probe per hidden layer (not the label layer)
     assert res["methods"]["analog_ff"]["counters"]["adc_conversions"] > 0
 
 

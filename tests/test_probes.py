@@ -71,3 +71,15 @@ def test_unsupervised_net_gets_a_probe_per_layer():
     train_ff(net, data, epochs=1, batch_size=50, seed=0, progress=False)
     acc = layer_probe_accuracy(net, data["train"], data["test"], samples=500, epochs=5)
     assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc) and max(acc) > 0.3, acc
+
+
+def test_recurrent_net_gets_a_probe_per_hidden_layer():
+    from analogff.ff import FFConfig
+    from analogff.recurrent import RecurrentFFNet
+
+    net = RecurrentFFNet([784, 20, 20, 10], config=FFConfig())
+    data = tiny_data()
+    before = net.counters.as_dict()
+    acc = layer_probe_accuracy(net, data["train"], data["test"], samples=500, epochs=5)
+    assert len(acc) == 2 and max(acc) > 0.3, acc  # the synthetic classes show even in random features
+    assert net.counters.as_dict() == before
