@@ -37,7 +37,7 @@ from .ff import ANALOG_UPDATES, FFConfig
 METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp")
 DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
 DEFAULT_DEVICE = "ecram"  #: a shipped profile (analogff.devices.shipped_profiles)
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")  #: cifar10: the user's python batches in $ANALOGFF_DATA
 #: the FF networks of the main job (``--variant``): the class of each, imported when it is used.
 #: supervised: Hinton's label-overlay FF (analogff.ff); recurrent: his top-down recurrent net
 #: (analogff.recurrent); unsupervised: hybrid negatives and a linear head (analogff.unsupervised)
@@ -361,7 +361,8 @@ def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume:
 
     analog = name == "analog_ff"
     rule, lr = analog_rule(cfg, profile) if analog else (cfg.analog_update, cfg.ff_lr_digital)
-    ffcfg = replace(cfg.ff, lr=lr, seed=cfg.seed, engine=cfg.engine, analog_update=rule)
+    ffcfg = replace(cfg.ff, lr=lr, seed=cfg.seed, engine=cfg.engine, analog_update=rule,
+                    image_side=32 if cfg.dataset == "cifar10" else cfg.ff.image_side)  # 3 x 32 x 32 images
     net = build_ff_net(cfg, ffcfg, data["train"][0].shape[1], profile if analog else None)
     history = train_ff(net, data, ffcfg, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        checkpoint=str(ckpt), resume=resume, on_epoch=on_epoch, progress=True)

@@ -329,3 +329,26 @@ def test_unsupervised_variant_reads_its_head_and_runs_the_local_architecture(tmp
     res = run_one(ExperimentConfig(**base, variant="unsupervised", architecture="hinton_local",
                                    methods=["digital_ff"], out=str(tmp_path / "l")))
     assert res["config"]["architecture"] == "hinton_local" and 0 <= res["methods"]["digital_ff"]["test_accuracy"] <= 1
+
+
+def test_cifar10_main_job_reads_the_users_batches_or_says_where_to_put_them(tmp_path, monkeypatch, capsys):
+    """--dataset cifar10: without the batches, one line naming the directory, a failing exit code and
+    nothing written; with (small) batches in $ANALOGFF_DATA, FF trains on 3 x 32 x 32 inputs, shifts
+    included."""
+    from analogff import data
+    from analogff.ff import FFConfig
+    from test_data import write_cifar
+
+    monkeypatch.setenv("ANALOGFF_DATA", str(tmp_path / "data"))
+    data.clear_cache()
+    out = tmp_path / "r"
+    code = main(["--dataset", "cifar10", "--methods", "digital_ff", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "cifar-10-batches-py" in err and err.count("\n") == 1 and not out.exists()
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", per_batch=20)
+    data.clear_cache()
+    res = run_one(ExperimentConfig(dataset="cifar10", methods=["digital_ff"], hidden=[16], epochs=1, batch_size=20,
+                                   drift_times=[], out=str(out), ff=FFConfig(shift=2)))
+    m = res["methods"]["digital_ff"]
+    assert res["n_train"] == 100 and res["n_test"] == 20 and 0 <= m["test_accuracy"] <= 1
+    data.clear_cache()
