@@ -324,14 +324,6 @@ class FFNet(LayerStackState, nn.Module):
                                             if isinstance(lay, DigitalLayer))
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "FFNet":
-        """nn.Module.train, and the residency of the phase: training or inference state."""
-        super().train(mode)
-        in_dram = cost.state_in_dram(self.resident_bytes if mode else self.inference_resident_bytes)
-        for lay in [*self.layers, *([self.head] if self.head is not None else [])]:
-            lay.state_in_dram = in_dram
-        return self
-
     # -- which layers feed prediction -----------------------------------------------------------
     @property
     def goodness_from(self) -> int:
@@ -357,10 +349,6 @@ class FFNet(LayerStackState, nn.Module):
         else:
             bm, bv = mean, var
         return (h - bm) / (bv + 1e-5).sqrt()
-
-    def _relu(self, z: torch.Tensor) -> torch.Tensor:
-        self.counters += cost.relu(z.numel())
-        return torch.relu(z)
 
     @torch.no_grad()
     def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -442,19 +430,6 @@ class FFNet(LayerStackState, nn.Module):
                 raise ValueError("this net has no softmax head (FFConfig.head=False)")
             return self.head_logits(x).argmax(1)
         raise ValueError(f"method={method!r}; choose 'goodness' or 'softmax'")
-
-    @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, method: str = "goodness", batch_size: int = 1000) -> float:
-        x, y = torch.as_tensor(x).float(), torch.as_tensor(y)
-        was_training = self.training
-        self.eval()
-        dev = self.device
-        correct = 0
-        for s in range(0, x.shape[0], batch_size):
-            xb, yb = x[s:s + batch_size].to(dev), y[s:s + batch_size].to(dev)
-            correct += int((self.predict(xb, method) == yb).sum())
-        self.train(was_training)
-        return correct / max(1, x.shape[0])
 
     @property
     def device(self) -> torch.device:

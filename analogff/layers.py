@@ -53,9 +53,53 @@ class DigitalOptimState:
         return cost.digital_resident_bytes(self.n_params, self.optimizer_name)
 
 
+def digital_optimizer(params, name: str, lr: float, betas=(0.9, 0.999), momentum: float = 0.9,
+                      weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The torch optimiser of a digital layer: "adam" | "momentum" (SGD with momentum) | "sgd"."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
 class LayerStackState:
     """Counts and optimiser state of a net of ``self.layers`` and an optional softmax ``self.head``
-    (FFNet, UnsupervisedFFNet)."""
+    (FFNet, UnsupervisedFFNet, RecurrentFFNet): the residency of the phase, and the counted ReLU."""
+
+    def train(self, mode: bool = True):
+        """nn.Module.train, and the residency of the phase (``resident_bytes`` in training,
+        ``inference_resident_bytes`` in inference): every layer's state goes to SRAM or DRAM by the
+        one rule (analogff.accounting.state_in_dram)."""
+        super().train(mode)
+        in_dram = cost.state_in_dram(self.resident_bytes if mode else self.inference_resident_bytes)
+        for lay in [*self.layers, *([self.head] if self.head is not None else [])]:
+            lay.state_in_dram = in_dram
+        return self
+
+    #: the net's readouts, its default first (``predict`` / ``accuracy`` methods; train_ff evaluates these)
+    readouts: tuple[str, ...] = ("goodness", "softmax")
+
+    def _relu(self, z: torch.Tensor) -> torch.Tensor:
+        self.counters += cost.relu(z.numel())
+        return torch.relu(z)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, method: str | None = None, batch_size: int = 1000) -> float:
+        """Fraction of x that ``predict(x, method)`` classifies as y (default: the net's first readout),
+        in evaluation mode and in batches; the mode is restored, also on an error."""
+        method = self.readouts[0] if method is None else method
+        x, y = torch.as_tensor(x).float(), torch.as_tensor(y)
+        was_training = self.training
+        self.eval()
+        correct = 0
+        try:
+            for s in range(0, x.shape[0], batch_size):
+                xb, yb = x[s:s + batch_size].to(self.device), y[s:s + batch_size].to(self.device)
+                correct += int((self.predict(xb, method) == yb).sum())
+        finally:
+            self.train(was_training)
+        return correct / max(1, x.shape[0])
 
     def total_counts(self) -> OpCounts:
         """Training counts: the periphery/digital counts plus every crossbar's (not ``eval_counters``)."""
@@ -97,13 +141,7 @@ class DigitalLayer(DigitalOptimState, nn.Module):
             if bias:
                 self.linear.bias.uniform_(-bound, bound, generator=generator)
         self.optimizer_name = optimizer
-        params = list(self.linear.parameters())
-        if optimizer == "adam":
-            self.opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        elif optimizer == "momentum":
-            self.opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        else:
-            self.opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        self.opt = digital_optimizer(list(self.linear.parameters()), optimizer, lr, betas, momentum, weight_decay)
         self.counters = counters if counters is not None else OpCounts()
 
     @property

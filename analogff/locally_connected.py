@@ -51,7 +51,7 @@ from torch import nn
 
 from analogff import accounting as cost
 from analogff.energy import OpCounts
-from analogff.layers import AnalogLayer, DigitalOptimState
+from analogff.layers import AnalogLayer, DigitalOptimState, digital_optimizer
 
 __all__ = ["LocalSpec", "LOCAL_ARCHITECTURES", "local_windows", "LocalDigitalLayer", "LocalAnalogLayer",
            "architecture_shapes"]
@@ -147,12 +147,7 @@ class LocalDigitalLayer(DigitalOptimState, _LocalGeometry):
         self.bias = nn.Parameter(b0) if bias else None
         params = [p for p in (self.weight, self.bias) if p is not None]
         self.optimizer_name = optimizer
-        if optimizer == "adam":
-            self.opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        elif optimizer == "momentum":
-            self.opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        else:
-            self.opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        self.opt = digital_optimizer(params, optimizer, lr, betas, momentum, weight_decay)
         self.counters = counters if counters is not None else OpCounts()
 
     @property

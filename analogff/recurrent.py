@@ -84,7 +84,7 @@ from analogff import accounting as cost
 from analogff.energy import OpCounts
 from analogff.ff import (FFConfig, _check_finite, ff_loss_and_error, goodness, hard_wrong_labels,
                          random_wrong_labels)
-from analogff.layers import AnalogLayer, DigitalLayer
+from analogff.layers import AnalogLayer, DigitalLayer, LayerStackState
 
 __all__ = ["RecurrentFFNet", "DAMPING", "ITERATIONS", "READOUT_ITERATIONS"]
 
@@ -104,7 +104,7 @@ def _iteration_set(name: str, values: Sequence[int], iterations: int) -> tuple[i
     return out
 
 
-class RecurrentFFNet(nn.Module):
+class RecurrentFFNet(LayerStackState, nn.Module):
     """Hinton's recurrent top-down FF net: ``dims = [784, n1, ..., nL, classes]``.
 
     ``layer``: "digital" or "analog" (crossbars of the profile ``device``: a ``DeviceProfile`` or a
@@ -200,14 +200,6 @@ class RecurrentFFNet(nn.Module):
         """Top-down layers D_0..D_{L-1} (D_i reads hidden layer i+1, D_{L-1} the label)."""
         return list(self.layers[self.n_hidden:])
 
-    def train(self, mode: bool = True) -> "RecurrentFFNet":
-        """nn.Module.train, and the residency of the phase: training or inference state."""
-        super().train(mode)
-        in_dram = cost.state_in_dram(self.resident_bytes if mode else self.inference_resident_bytes)
-        for lay in self.layers:
-            lay.state_in_dram = in_dram
-        return self
-
     @property
     def device(self) -> torch.device:
         return self._anchor.device
@@ -218,10 +210,6 @@ class RecurrentFFNet(nn.Module):
         b, n = h.shape
         self.counters += cost.length_norm(b, n)
         return h / (h.pow(2).mean(1, keepdim=True).sqrt() + self.config.eps)
-
-    def _relu(self, z: torch.Tensor) -> torch.Tensor:
-        self.counters += cost.relu(z.numel())
-        return torch.relu(z)
 
     def _damped(self, h_prev: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """damping * h_prev + (1 - damping) * relu(z): a ReLU, two multiplies and an add per unit."""
@@ -335,18 +323,6 @@ class RecurrentFFNet(nn.Module):
             raise ValueError("the recurrent FF net has no softmax head; predict with method='goodness'")
         raise ValueError(f"method={method!r}; choose 'goodness'")
 
-    @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, method: str = "goodness", batch_size: int = 1000) -> float:
-        x, y = torch.as_tensor(x).float(), torch.as_tensor(y)
-        was_training = self.training
-        self.eval()
-        correct = 0
-        for s in range(0, x.shape[0], batch_size):
-            xb, yb = x[s:s + batch_size].to(self.device), y[s:s + batch_size].to(self.device)
-            correct += int((self.predict(xb, method) == yb).sum())
-        self.train(was_training)
-        return correct / max(1, x.shape[0])
-
     # -- negatives --------------------------------------------------------------------------------
     def _one_pass_probs(self, z_top: torch.Tensor, epoch: int | None, lr: float) -> torch.Tensor:
         """Class probabilities from one pass: the bottom-up pass's input to the top hidden layer
@@ -430,21 +406,4 @@ class RecurrentFFNet(nn.Module):
                 self.down[i].apply_update(torch.cat(cat_x_down[i]), torch.cat(cat_d[i]), lr)
         return {"loss": sum(losses), "head_loss": float("nan"), "layer_losses": losses}
 
-    # -- counts and state ---------------------------------------------------------------------------
-    def total_counts(self) -> OpCounts:
-        """Training counts: the periphery/digital counts plus every crossbar's (not ``eval_counters``)."""
-        from analogff.energy import total_counts
-
-        return total_counts(self)
-
-    @property
-    def periphery_state_bytes(self) -> int:
-        """Digital optimiser/periphery state of all layers, in bytes."""
-        return sum(layer.periphery_state_bytes for layer in self.layers)
-
-    def optim_state(self) -> dict:
-        return {f"layer{i}": layer.optim_state() for i, layer in enumerate(self.layers)}
-
-    def load_optim_state(self, state: dict) -> None:
-        for i, layer in enumerate(self.layers):
-            layer.load_optim_state(state[f"layer{i}"])
+    # counts and state (total_counts, periphery_state_bytes, optim_state): layers.LayerStackState (head None)

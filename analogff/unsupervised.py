@@ -241,14 +241,6 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
             shape, layout = lay.out_shape, "hwc"
         return out
 
-    def train(self, mode: bool = True) -> "UnsupervisedFFNet":
-        """nn.Module.train, and the residency of the phase (training or inference state)."""
-        super().train(mode)
-        in_dram = cost.state_in_dram(self.resident_bytes if mode else self.inference_resident_bytes)
-        for lay in [*self.layers, *([self.head] if self.head is not None else [])]:
-            lay.state_in_dram = in_dram
-        return self
-
     @property
     def head_from(self) -> int:
         return self._head_from
@@ -262,10 +254,6 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
         """Length normalisation (FFNet's): h / (rms(h) + eps), so only the pattern reaches the next layer."""
         self.counters += cost.length_norm(h.shape[0], h.shape[1])
         return h / (h.pow(2).mean(1, keepdim=True).sqrt() + self.config.eps)
-
-    def _relu(self, z: torch.Tensor) -> torch.Tensor:
-        self.counters += cost.relu(z.numel())
-        return torch.relu(z)
 
     @torch.no_grad()
     def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -304,21 +292,6 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
         if method != "softmax":
             raise ValueError(f"method={method!r}: an unsupervised net is read by its softmax head; use 'softmax'")
         return self.head_logits(x).argmax(1)
-
-    @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, method: str = "softmax", batch_size: int = 1000) -> float:
-        """Fraction of x classified as y by the head."""
-        x, y = torch.as_tensor(x).float(), torch.as_tensor(y)
-        was_training = self.training
-        self.eval()
-        correct = 0
-        try:
-            for s in range(0, x.shape[0], batch_size):
-                xb, yb = x[s:s + batch_size].to(self.device), y[s:s + batch_size].to(self.device)
-                correct += int((self.predict(xb, method) == yb).sum())
-        finally:
-            self.train(was_training)
-        return correct / max(1, x.shape[0])
 
     # -- one training step ----------------------------------------------------------------------
     @torch.no_grad()
