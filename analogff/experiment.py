@@ -34,7 +34,7 @@ import torch
 
 from .ff import ANALOG_UPDATES, FFConfig
 
-METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp")
+METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp", "ff_then_bp", "bp_then_ff")
 DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
 DEFAULT_DEVICE = "ecram"  #: a shipped profile (analogff.devices.shipped_profiles)
 DATASETS = ("mnist", "fashion_mnist", "cifar10")  #: cifar10: the user's python batches in $ANALOGFF_DATA
@@ -109,6 +109,8 @@ class ExperimentConfig:
     #: transfer-compound profile, else adam
     bp_lr: float = 1e-3  #: Adam learning rate of digital BP
     analog_bp_lr: float = 0.05  #: SGD learning rate of analog BP
+    hybrid_split: float = 0.5  #: ff_then_bp / bp_then_ff (analogff.hybrid): the fraction of the epochs in
+    #: the first algorithm (at least one epoch in each)
     predict: str = "auto"  #: FF prediction for test accuracy and inference energy: goodness | softmax |
     #: auto (goodness where the variant has label trials, else its softmax head)
     variant: str = "supervised"  #: FF network: supervised (label overlay) | recurrent (top-down) | unsupervised
@@ -169,6 +171,15 @@ class ExperimentConfig:
             raise ConfigError("predict", self.predict, f"{readouts[0]} or auto (the {self.variant} variant's readout)")
         if self.architecture is not None and self.variant != "unsupervised":
             raise ConfigError("architecture", self.architecture, "none (a named architecture needs --variant unsupervised)")
+        hybrid = [m for m in self.methods if m in ("ff_then_bp", "bp_then_ff")]
+        if hybrid:
+            if self.variant != "supervised":
+                raise ConfigError("variant", self.variant, f"supervised ({hybrid[0]} copies weights between FF and BP MLPs)")
+            if self.epochs < 2:
+                raise ConfigError("epochs", self.epochs, f"an integer >= 2 ({hybrid[0]} trains one phase after the other)")
+        if isinstance(self.hybrid_split, bool) or not isinstance(self.hybrid_split, (int, float)) \
+                or not 0 < self.hybrid_split < 1:
+            raise ConfigError("hybrid_split", self.hybrid_split, "a fraction of the epochs, 0 < split < 1")
         _int_in("probe_samples", self.probe_samples, 0, MAX_BATCH_SIZE, "an integer (0: no probes)")
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
@@ -413,6 +424,21 @@ def _run_bp(name: str, cfg: ExperimentConfig, profile, data, on_epoch: Callable[
     return net, extra
 
 
+def _run_hybrid(name: str, cfg: ExperimentConfig, data, on_epoch: Callable[[dict], None]):
+    """FF then BP, or BP then FF, on the same digital widths (analogff.hybrid)."""
+    from .hybrid import train_hybrid
+    from .reference import BPNet
+
+    ffcfg = replace(cfg.ff, lr=cfg.ff_lr_digital, seed=cfg.seed, engine=cfg.engine,
+                    image_side=32 if cfg.dataset == "cifar10" else cfg.ff.image_side)
+    n_in = data["train"][0].shape[1]
+    ff = build_ff_net(cfg, ffcfg, n_in)
+    bp = BPNet([n_in, *cfg.hidden, ffcfg.num_classes], seed=cfg.seed)
+    return train_hybrid(name, ff, bp, data, epochs=cfg.epochs, split=cfg.hybrid_split, ff_config=ffcfg,
+                        batch_size=cfg.batch_size, bp_lr=cfg.bp_lr, seed=cfg.seed, predict=readout(cfg),
+                        on_epoch=on_epoch)
+
+
 def run_one(cfg: ExperimentConfig, resume: bool = False,
             _interrupt_after: tuple[str, int] | None = None) -> dict[str, Any]:
     """Train every method of ``cfg`` on one device profile; write results.json and metrics.csv."""
@@ -450,7 +476,9 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
                 if _interrupt_after is not None and _interrupt_after == (_name, m["epoch"]):
                     raise KeyboardInterrupt(f"simulated interruption after {_name} epoch {m['epoch']}")
 
-            if name.endswith("_ff"):
+            if name in ("ff_then_bp", "bp_then_ff"):
+                net, extra = _run_hybrid(name, cfg, data, on_epoch)
+            elif name.endswith("_ff"):
                 net, extra = _run_ff(name, cfg, profile, data, state / f"{name}.ckpt", resume, on_epoch)
             else:
                 net, extra = _run_bp(name, cfg, profile, data, on_epoch)

@@ -28,7 +28,7 @@ from analogff.energy import COMPONENTS  # the energy model's breakdown, in its o
 Run = dict[str, Any]
 
 METHOD_COLORS = {"analog_ff": "tab:red", "digital_ff": "tab:blue", "digital_bp": "tab:green",
-                 "analog_bp": "tab:orange"}
+                 "analog_bp": "tab:orange", "ff_then_bp": "tab:purple", "bp_then_ff": "tab:brown"}
 COMPONENT_COLORS = dict(zip(COMPONENTS, ("#a6cee3", "#1f78b4", "#b2df8a", "#33a02c", "#fdbf6f",
                                          "#e31a1c", "#6a3d9a", "#cab2d6", "#ff7f00", "#b15928")))
 MARKERS = "os^Dv<>pPX*h"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 METHOD_NAMES = {"analog_ff": "analog FF", "digital_ff": "digital FF", "digital_bp": "digital BP",
-                "analog_bp": "analog BP"}
+                "analog_bp": "analog BP", "ff_then_bp": "digital FF then BP", "bp_then_ff": "digital BP then FF"}
 SECTIONS = ("accuracy", "energy", "drift", "probes", "runs")
 
 
@@ -118,7 +118,7 @@ def _label(path: Path, base: Path | None) -> str:
 
 
 def _device(run: dict[str, Any], method: str) -> str:
-    if method.startswith("digital"):
+    if not method.startswith("analog"):  # digital methods, hybrid schedules included
         return "-"
     return str((run.get("device_profile") or {}).get("name") or Path(str(run.get("config", {}).get("device", "-"))).stem)
 
