@@ -60,7 +60,17 @@ def tiny_net(**cfg):
     return FFNet([784, 32, 32], config=FFConfig(**{"lr": 1e-2, "head_lr": 1e-2, "cooldown": 0.0, **cfg}))
 
 
-def assert_same_state(a: dict, b: dict):
-    assert a.keys() == b.keys()
+def assert_same_state(a: dict, b: dict, where: str = ""):
+    """Equal state dicts: tensors bit-equal, nested dicts (a crossbar's extra state) compared key by key."""
+    assert a.keys() == b.keys(), where
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        x, y = a[k], b[k]
+        if isinstance(x, dict):
+            assert_same_state(x, y, f"{where}{k}.")
+        elif isinstance(x, torch.Tensor):
+            assert isinstance(y, torch.Tensor) and torch.equal(x, y), f"{where}{k}"
+        elif isinstance(x, (list, tuple)):
+            assert len(x) == len(y), f"{where}{k}"
+            assert_same_state(dict(enumerate(x)), dict(enumerate(y)), f"{where}{k}.")
+        else:
+            assert x == y, f"{where}{k}"
