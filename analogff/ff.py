@@ -351,16 +351,6 @@ class FFNet(LayerStackState, nn.Module):
         return (h - bm) / (bv + 1e-5).sqrt()
 
     @torch.no_grad()
-    def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """ReLU activities of every layer for inputs x (labels already overlaid)."""
-        hs = []
-        for i, layer in enumerate(self.layers):
-            h = self._relu(layer(x))
-            hs.append(h)
-            if i + 1 < len(self.layers):
-                x = self.normalize(i, h)
-        return hs
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, classes) goodness per label: the FF net's class scores."""
         return self.goodness_per_label(x)

@@ -84,6 +84,17 @@ class LayerStackState:
         self.counters += cost.relu(z.numel())
         return torch.relu(z)
 
+    def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """ReLU activities of every layer for inputs x (labels, if the net has them, already
+        overlaid); between layers the net's ``normalize(i, h)``."""
+        hs = []
+        for i, layer in enumerate(self.layers):
+            h = self._relu(layer(x))
+            hs.append(h)
+            if i + 1 < len(self.layers):
+                x = self.normalize(i, h)
+        return hs
+
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, method: str | None = None, batch_size: int = 1000) -> float:
         """Fraction of x that ``predict(x, method)`` classifies as y (default: the net's first readout),

@@ -250,32 +250,23 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
         return self._device_probe.device
 
     # -- the pieces of a pass -------------------------------------------------------------------
-    def normalize(self, h: torch.Tensor) -> torch.Tensor:
-        """Length normalisation (FFNet's): h / (rms(h) + eps), so only the pattern reaches the next layer."""
+    def normalize(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Length normalisation (FFNet's), the same after every layer ``i``: h / (rms(h) + eps), so
+        only the pattern reaches the next layer."""
         self.counters += cost.length_norm(h.shape[0], h.shape[1])
         return h / (h.pow(2).mean(1, keepdim=True).sqrt() + self.config.eps)
 
     @torch.no_grad()
-    def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """ReLU activities of every layer for images x (no label anywhere)."""
-        hs = []
-        for i, layer in enumerate(self.layers):
-            h = self._relu(layer(x))
-            hs.append(h)
-            if i + 1 < len(self.layers):
-                x = self.normalize(h)
-        return hs
-
     @torch.no_grad()
     def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised activities of every layer for images x: what a linear probe of each layer
         reads (analogff.probes)."""
-        return [self.normalize(h) for h in self.activities(x)]
+        return [self.normalize(i, h) for i, h in enumerate(self.activities(x))]
 
     @torch.no_grad()
     def head_input(self, hs: list[torch.Tensor]) -> torch.Tensor:
         """The head's input: normalised activities of layers >= head_from, concatenated (detached)."""
-        return torch.cat([self.normalize(h) for i, h in enumerate(hs) if i >= self.head_from], 1).detach()
+        return torch.cat([self.normalize(i, h) for i, h in enumerate(hs) if i >= self.head_from], 1).detach()
 
     @torch.no_grad()
     def head_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,11 +309,11 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
             self.counters += cost.ff_layer_loss(b, h.shape[1])
             _check_finite(loss, f"layer {i}", epoch, lr)
             if i < last:
-                next_inp = self.normalize(h)  # positive rows are also the head's input of this layer
+                next_inp = self.normalize(i, h)  # positive rows are also the head's input of this layer
                 if i >= self.head_from:
                     head_parts.append(next_inp[:b])
             elif i >= self.head_from:
-                head_parts.append(self.normalize(h[:b]))  # last layer: only the head reads it
+                head_parts.append(self.normalize(i, h[:b]))  # last layer: only the head reads it
             layer.apply_update(inp, d, lr)
             losses.append(float(loss))
             if i < last:
