@@ -23,6 +23,7 @@ counters, the rules of :mod:`analogff.accounting`); :class:`HybridNet` holds bot
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -125,10 +126,13 @@ def train_hybrid(name: str, ff: nn.Module, bp: nn.Module, data: dict, *, epochs:
     k1, k2 = phase_epochs(epochs, split)
     history: list[dict[str, Any]] = []
 
+    t_start = time.perf_counter()
+
     def tagged(phase: str, offset: int) -> Callable[[dict], None]:
         def hook(m: dict) -> None:
             m["phase"] = phase
             m["epoch"] += offset
+            m["wall_time_s"] = time.perf_counter() - t_start  # through both phases
             history.append(m)
             if on_epoch is not None:
                 on_epoch(m)
@@ -153,6 +157,7 @@ def train_hybrid(name: str, ff: nn.Module, bp: nn.Module, data: dict, *, epochs:
         at_end_of_first = history[-1]
         copy_ff_to_bp(ff, bp)
         at_switch = evaluate(bp, x_test, y_test)["acc"]
+        at_end_of_first["eval_samples"] = (at_end_of_first.get("eval_samples") or 0) + len(x_test)
         run_bp(k2, k1)
         acc = evaluate(bp, x_test, y_test, count=False)["acc"]
         inf_counts = bp.inference_counts(len(x_test), batch_size=1000)  # what that evaluate() ran
@@ -162,6 +167,7 @@ def train_hybrid(name: str, ff: nn.Module, bp: nn.Module, data: dict, *, epochs:
         at_end_of_first = history[-1]
         copy_bp_to_ff(bp, ff)
         at_switch = ff_accuracy()
+        at_end_of_first["eval_samples"] = (at_end_of_first.get("eval_samples") or 0) + len(x_test)
         run_ff(k2, k1)
         with measured(ff) as inf:
             acc = ff.accuracy(x_test, y_test, predict)

@@ -81,6 +81,12 @@ def test_both_phases_train_and_are_counted(data, name):
     assert 0 <= extra["accuracy_at_switch"] <= 1 and 0 <= extra["test_accuracy"] <= 1
     assert nets.eval_counters.digital_macs > 0  # evaluation, the switch's included, is counted apart
     assert extra["phases"][1]["accuracy_at_switch"] == extra["accuracy_at_switch"]
+    # every evaluation's samples are in the history (the main job prices evaluation per sample):
+    # FF evaluates goodness and head, BP its logits, once per epoch; the switch once more
+    ff_epochs = 1 if name == "ff_then_bp" else 2
+    assert sum(h["eval_samples"] for h in extra["history"]) == 200 * (2 * ff_epochs + (3 - ff_epochs) + 1)
+    walls = [h["wall_time_s"] for h in extra["history"]]
+    assert walls == sorted(walls) and walls[0] > 0  # one clock through both phases
 
 
 def test_bp_then_ff_switch_accuracy_is_the_copied_weights(data):
