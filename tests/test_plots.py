@@ -156,6 +156,26 @@ def test_save_all_writes_every_png(run, adc_sweep, tmp_path):
     assert len(plots.save_all([], tmp_path / "empty")) == len(plots.FIGURE_NAMES)
 
 
+def test_save_all_draws_only_the_named_figures(run, tmp_path):
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "drift.png").write_bytes(b"keep")
+    paths = plots.save_all([run], tmp_path / "figs", names=["layer_probes"])
+    assert [p.name for p in paths] == ["layer_probes.png"]
+    assert (tmp_path / "figs" / "drift.png").read_bytes() == b"keep"  # the others are left alone
+    with pytest.raises(ValueError, match="unknown figure 'probes'"):
+        plots.save_all([run], tmp_path / "figs", names=["probes"])
+
+
+def test_figures_command_only(run_dir, tmp_path, capsys):
+    from analogff.cli import main
+
+    assert main(["figures", str(run_dir), "--out", str(tmp_path / "f"), "--only", "layer_probes"]) == 0
+    assert [Path(p).name for p in capsys.readouterr().out.split()] == ["layer_probes.png"]
+    assert main(["figures", str(run_dir), "--out", str(tmp_path / "g"), "--only", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "g").exists()
+
+
 def _make_figures():
     spec = importlib.util.spec_from_file_location("make_figures", ROOT / "experiments" / "make_figures.py")
     module = importlib.util.module_from_spec(spec)
