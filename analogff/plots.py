@@ -492,18 +492,22 @@ def plot_accuracy_vs_adc_bits(runs: Run | Sequence[Run], ax: Axes | None = None)
 def plot_layer_probes(runs: Run | Sequence[Run], ax: Axes | None = None) -> Figure:
     """Test accuracy of a linear probe on each FF layer (results.json ``layer_probe_accuracy``),
     one line per method and run: does a deeper layer know the class better, or worse?"""
+    from .report import METHOD_NAMES
+
     runs = _as_list(runs)
-    ax = _axes(ax)
-    labels = _labels(runs)
+    ax = _axes(ax, size=(10.5, 4.5))
     drawn = 0
     for i, run in enumerate(runs):
         for method in _ordered(run["methods"]):
             acc = run["methods"][method].get("layer_probe_accuracy") or []
             if not acc:
                 continue
+            where = [Path(run.get("path", "?")).name, str(run.get("dataset", ""))]
+            if method.startswith("analog"):  # a digital method has no device
+                where.insert(1, device_label(run))
             ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=_color(method),
                     linestyle=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
-                    label=_series_name(method, f"{labels[i]}, {run.get('dataset', '')}", 2))
+                    label=f"{METHOD_NAMES.get(method, method)} ({', '.join(w for w in where if w)})")
             drawn += 1
     return _finish_integer_x(ax, "FF layer", "linear-probe test accuracy (%)",
                              "What each layer knows: a linear probe per layer", drawn > 0,
