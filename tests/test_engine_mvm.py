@@ -44,3 +44,25 @@ def test_forward_dac_and_adc_stages_equal_aihwkits(path):
     assert torch.equal(want, got)
     if quiet.out_bound > 0 and str(quiet.bound_management).endswith("ITERATIVE"):
         assert not bool(passed[3]) and bool(passed_a) is False
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_vector_below_the_smallest_normal_float_reads_as_zero_not_nan(direction):
+    """Noise management divides a vector by its abs-max; one whose abs-max is subnormal (below
+    float32's smallest normal, ~1.2e-38: an FF error that underflowed) made the scale 1 / amax
+    infinite and the read NaN (found by pairwise learning on ecram, Fashion-MNIST). Such a vector
+    is read as a zero vector, as aihwkit reads zeros."""
+    from analogff.crossbar import Crossbar
+
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(6, IN if direction == "forward" else OUT, generator=g)
+    v[2] = 2e-39 * torch.sign(torch.randn(v.shape[1], generator=g))  # subnormal, like the failing errors,
+    v[2, ::3] = 0.0  # with the zeros of units that were off (0 x inf was the NaN)
+    v[4] = 0.0
+    xbar = Crossbar(IN, OUT, device=load_device(DEVICES / "ecram.toml"), seed=0, engine="torch")
+    with torch.no_grad():
+        xbar.set_weights(torch.randn(OUT, IN, generator=torch.Generator().manual_seed(4)) * 0.1)
+    out = xbar.eval()(v) if direction == "forward" else xbar.backward(v)
+    assert torch.isfinite(out).all()
+    assert out[2].abs().max() <= out[4].abs().max() * 10 + 1e-6  # noise only, as for the zero vector
+    assert out[[0, 1, 3, 5]].abs().max() > 0.05

@@ -23,6 +23,16 @@ def _quantize_(x: Tensor, res: float, bound: float) -> Tensor:
 
 
 @functools.lru_cache(maxsize=None)
+def _flush_tiny_vectors(x: Tensor) -> Tensor:
+    """x with every vector (last dimension) whose abs-max is below the smallest normal float set to
+    zero. aihwkit's noise management scales a vector by 1 / abs-max: for such a vector (an error that
+    underflowed) the scale is infinite and its zeros read 0 x inf = NaN. A zero vector is what any
+    fp32 periphery that flushes subnormals holds, and aihwkit reads zero vectors without NaN."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return x
+    return torch.where(x.abs().amax(-1, keepdim=True) < torch.finfo(x.dtype).tiny, 0.0, x)
+
+
 def _analog_mvm() -> type:
     """aihwkit's pure-torch ``AnalogMVM`` with the bound management of aihwkit's C++ tiles.
 
@@ -83,7 +93,7 @@ def _analog_mvm() -> type:
             loop knows how many vectors it retries)."""
             if (io_pars.is_perfect or io_pars.mv_type == AnalogMVType.IDEAL
                     or io_pars.bound_management != BoundManagementType.ITERATIVE):
-                return super().matmul(weight, input_, io_pars, trans, is_test, **fwd_pars)
+                return super().matmul(weight, _flush_tiny_vectors(input_), io_pars, trans, is_test, **fwd_pars)
             if input_.ndim != 2:  # vectors along the last dimension
                 flat = cls.matmul(weight, input_.reshape(-1, input_.shape[-1]), io_pars, trans, is_test, reads=reads,
                                   **fwd_pars)
@@ -92,9 +102,12 @@ def _analog_mvm() -> type:
             nm = cls._compute_noise_management(input_=input_, nm_type=io_pars.noise_management, io_pars=io_pars)
             nm = (nm.clone() if isinstance(nm, Tensor)
                   else torch.full((n, 1), float(nm), device=input_.device, dtype=input_.dtype))
-            if io_pars.inp_noise <= 0.0 and bool((nm == 0.0).all()):
+            # a vector whose abs-max is below the smallest normal float (an error that underflowed)
+            # would get an infinite scale 1 / nm and read 0 x inf = NaN: it is read as a zero vector
+            tiny = torch.finfo(nm.dtype).tiny if nm.is_floating_point() else 0.0
+            if io_pars.inp_noise <= 0.0 and bool((nm < tiny).all()):
                 return torch.zeros(n, n_out, device=input_.device, dtype=input_.dtype)
-            nm[nm <= 0.0] = 1.0
+            nm[nm < tiny] = 1.0
             inp_res = io_pars.inp_res
             if inp_res > 0:
                 inp_res = (1 / inp_res if inp_res > 1.0 else inp_res) * 2.0 * io_pars.inp_bound
