@@ -32,6 +32,7 @@ from .devices import DeviceProfile, load_device
 from .accounting import BYTES_PER_VALUE, crossbar_forward, resident_state
 from .energy import OpCounts
 from .engine.reads import DEVICES_PER_WEIGHT
+from .engine.mvm import _flush_tiny_vectors
 
 ENGINES = ("aihwkit", "torch")
 
@@ -79,10 +80,11 @@ class AihwkitEngine:
         self.tile = AnalogTile(out_features, in_features, rpu_config, bias=False)
 
     def forward(self, x: Tensor, is_test: bool) -> Tensor:
-        return self.tile.joint_forward(x.detach().float().cpu().contiguous(), is_test=is_test)
+        x = _flush_tiny_vectors(x.detach().float().cpu())  # as the torch engine reads them (no NaN)
+        return self.tile.joint_forward(x.contiguous(), is_test=is_test)
 
     def backward(self, d: Tensor) -> Tensor:
-        return self.tile.backward(d.detach().float().cpu().contiguous())
+        return self.tile.backward(_flush_tiny_vectors(d.detach().float().cpu()).contiguous())
 
     def update(self, x: Tensor, d: Tensor, lr: float) -> None:
         self.tile.set_learning_rate(lr)

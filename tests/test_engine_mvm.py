@@ -46,8 +46,9 @@ def test_forward_dac_and_adc_stages_equal_aihwkits(path):
         assert not bool(passed[3]) and bool(passed_a) is False
 
 
+@pytest.mark.parametrize("engine", ["torch", "aihwkit"])
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_a_vector_below_the_smallest_normal_float_reads_as_zero_not_nan(direction):
+def test_a_vector_below_the_smallest_normal_float_reads_as_zero_not_nan(direction, engine):
     """Noise management divides a vector by its abs-max; one whose abs-max is subnormal (below
     float32's smallest normal, ~1.2e-38: an FF error that underflowed) made the scale 1 / amax
     infinite and the read NaN (found by pairwise learning on ecram, Fashion-MNIST). Such a vector
@@ -59,7 +60,7 @@ def test_a_vector_below_the_smallest_normal_float_reads_as_zero_not_nan(directio
     v[2] = 2e-39 * torch.sign(torch.randn(v.shape[1], generator=g))  # subnormal, like the failing errors,
     v[2, ::3] = 0.0  # with the zeros of units that were off (0 x inf was the NaN)
     v[4] = 0.0
-    xbar = Crossbar(IN, OUT, device=load_device(DEVICES / "ecram.toml"), seed=0, engine="torch")
+    xbar = Crossbar(IN, OUT, device=load_device(DEVICES / "ecram.toml"), seed=0, engine=engine)
     with torch.no_grad():
         xbar.set_weights(torch.randn(OUT, IN, generator=torch.Generator().manual_seed(4)) * 0.1)
     out = xbar.eval()(v) if direction == "forward" else xbar.backward(v)
