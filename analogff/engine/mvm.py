@@ -22,7 +22,6 @@ def _quantize_(x: Tensor, res: float, bound: float) -> Tensor:
     return x.div_(res).round_().mul_(res)
 
 
-@functools.lru_cache(maxsize=None)
 def _flush_tiny_vectors(x: Tensor) -> Tensor:
     """x with every vector (last dimension) whose abs-max is below the smallest normal float set to
     zero. aihwkit's noise management scales a vector by 1 / abs-max: for such a vector (an error that
@@ -33,6 +32,7 @@ def _flush_tiny_vectors(x: Tensor) -> Tensor:
     return torch.where(x.abs().amax(-1, keepdim=True) < torch.finfo(x.dtype).tiny, 0.0, x)
 
 
+@functools.lru_cache(maxsize=None)
 def _analog_mvm() -> type:
     """aihwkit's pure-torch ``AnalogMVM`` with the bound management of aihwkit's C++ tiles.
 
