@@ -33,8 +33,9 @@ from typing import Any, Callable
 import torch
 
 from .ff import ANALOG_UPDATES, FFConfig
+from .hybrid import HYBRID_METHODS
 
-METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp", "ff_then_bp", "bp_then_ff")
+METHODS = ("analog_ff", "digital_ff", "digital_bp", "analog_bp", *HYBRID_METHODS)
 DEFAULT_METHODS = ("analog_ff", "digital_ff", "digital_bp")
 DEFAULT_DEVICE = "ecram"  #: a shipped profile (analogff.devices.shipped_profiles)
 DATASETS = ("mnist", "fashion_mnist", "cifar10")  #: cifar10: the user's python batches in $ANALOGFF_DATA
@@ -171,7 +172,7 @@ class ExperimentConfig:
             raise ConfigError("predict", self.predict, f"{readouts[0]} or auto (the {self.variant} variant's readout)")
         if self.architecture is not None and self.variant != "unsupervised":
             raise ConfigError("architecture", self.architecture, "none (a named architecture needs --variant unsupervised)")
-        hybrid = [m for m in self.methods if m in ("ff_then_bp", "bp_then_ff")]
+        hybrid = [m for m in self.methods if m in HYBRID_METHODS]
         if hybrid:
             if self.variant != "supervised":
                 raise ConfigError("variant", self.variant, f"supervised ({hybrid[0]} copies weights between FF and BP MLPs)")
@@ -476,7 +477,7 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
                 if _interrupt_after is not None and _interrupt_after == (_name, m["epoch"]):
                     raise KeyboardInterrupt(f"simulated interruption after {_name} epoch {m['epoch']}")
 
-            if name in ("ff_then_bp", "bp_then_ff"):
+            if name in HYBRID_METHODS:
                 net, extra = _run_hybrid(name, cfg, data, on_epoch)
             elif name.endswith("_ff"):
                 net, extra = _run_ff(name, cfg, profile, data, state / f"{name}.ckpt", resume, on_epoch)

@@ -350,7 +350,6 @@ class FFNet(LayerStackState, nn.Module):
             bm, bv = mean, var
         return (h - bm) / (bv + 1e-5).sqrt()
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, classes) goodness per label: the FF net's class scores."""
         return self.goodness_per_label(x)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .counts import OpCounts, measured
+from .counts import OpCounts, evaluation, measured
 
 HYBRID_METHODS = ("ff_then_bp", "bp_then_ff")
 
@@ -81,19 +81,15 @@ class HybridNet(nn.Module):
     @property
     def resident_bytes(self) -> int:
         """Bytes held between steps in training: the larger phase's (one net trains at a time)."""
-        return max(_resident(n)[0] for n in (self.first, self.second))
+        from .experiment import _resident_state
+
+        return max(_resident_state(n, 1)["training"] for n in (self.first, self.second))
 
     @property
     def inference_resident_bytes(self) -> int:
-        return _resident(self.second)[1]
+        from .experiment import _resident_state
 
-
-def _resident(net: nn.Module) -> tuple[int, int]:
-    if hasattr(net, "resident_bytes"):
-        return int(net.resident_bytes), int(net.inference_resident_bytes)
-    pm = net.peak_memory(1)
-    return (int(pm["weights_bytes"] + pm["gradients_bytes"] + pm["optimizer_state_bytes"]),
-            int(pm["weights_bytes"]))
+        return _resident_state(self.second, 1)["inference"]
 
 
 def phase_epochs(epochs: int, split: float) -> tuple[int, int]:
@@ -146,12 +142,6 @@ def train_hybrid(name: str, ff: nn.Module, bp: nn.Module, data: dict, *, epochs:
         train_bp(bp, x, y, x_test, y_test, epochs=epochs, batch_size=batch_size, lr=bp_lr,
                  seed=seed + offset, on_epoch=tagged("digital_bp", offset))
 
-    def ff_accuracy() -> float:
-        with measured(ff) as m:
-            acc = ff.accuracy(x_test, y_test, predict)
-        ff.eval_counters += m.counts  # evaluation, counted as such
-        return acc
-
     if name == "ff_then_bp":
         run_ff(k1, 0)
         at_end_of_first = history[-1]
@@ -166,7 +156,8 @@ def train_hybrid(name: str, ff: nn.Module, bp: nn.Module, data: dict, *, epochs:
         run_bp(k1, 0)
         at_end_of_first = history[-1]
         copy_bp_to_ff(bp, ff)
-        at_switch = ff_accuracy()
+        with evaluation(ff, ff.eval_counters):  # evaluation, counted as such
+            at_switch = ff.accuracy(x_test, y_test, predict)
         at_end_of_first["eval_samples"] = (at_end_of_first.get("eval_samples") or 0) + len(x_test)
         run_ff(k2, k1)
         with measured(ff) as inf:

@@ -84,6 +84,7 @@ class LayerStackState:
         self.counters += cost.relu(z.numel())
         return torch.relu(z)
 
+    @torch.no_grad()
     def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
         """ReLU activities of every layer for inputs x (labels, if the net has them, already
         overlaid); between layers the net's ``normalize(i, h)``."""

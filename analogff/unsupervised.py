@@ -257,7 +257,6 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
         return h / (h.pow(2).mean(1, keepdim=True).sqrt() + self.config.eps)
 
     @torch.no_grad()
-    @torch.no_grad()
     def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised activities of every layer for images x: what a linear probe of each layer
         reads (analogff.probes)."""
