@@ -32,7 +32,7 @@ def test_exp_step_one_sign_run_equals_both_runs(name):
     mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, 40 * arr.p["dwmin_up"].mean().item(), xbar.engine.cell.up,
                                                   weight_granularity(arr.cfg))
     assert bool(((mu_u > 0) & (mu_d > 0)).sum() == 0) and float(mu_u.sum()) > 0 and float(mu_d.sum()) > 0
-    bits = _Rng(0, torch.device("cpu")).bits((OUT, IN))
+    bits = _Rng(0, torch.device("cpu")).key()
     A_up, A_down, g_up, g_down, es_b = arr.es
     c = arr.cfg
     kw = dict(A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b, sigma=arr.sigma, add=float(c.dw_min_std_add),

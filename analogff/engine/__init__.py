@@ -50,8 +50,9 @@ as many the other way). Per part it
    diffusion), the PCM refresh or the mixed-precision transfer.
 
 All randomness comes from the engine's ``torch.Generator`` (seeded by ``seed``); the per-device
-draws are 63 random bits per device and batch, turned into a uniform and two normals inside the
-kernels. Steps 2-3 are pure element-wise kernels, fused with ``torch.compile`` on big tiles
+draws are counter-based: the generator gives each kernel call one 64-bit key, and the kernel makes
+64 bits per device from (key, device index) with SplitMix64's mixer, turned into a uniform and two
+normals in place (no random array is written to memory and read back). Steps 2-3 are pure element-wise kernels, fused with ``torch.compile`` on big tiles
 (``compile=``, ``ANALOGFF_COMPILE``), eager otherwise (same numbers up to float rounding).
 
 Device models (``aihwkit/simulator/configs/devices.py``, C++ ``rpu_*_device.cpp``); the
@@ -102,7 +103,7 @@ Layout (one concept a module):
 
 * :mod:`.pulse_trains`: aihwkit's pulse-train constants and probabilities (``weight_granularity``,
   ``pulse_trains``, ``expected_pulses``, ``_train_constants``, ``_probabilities``);
-* :mod:`.rng`: the random streams (``_Rng``) and the unpacking of random bits;
+* :mod:`.rng`: the random streams (``_Rng``), the kernels' counter-based bits and their unpacking;
 * :mod:`.kernels`: compile dispatch (``Kernels(compile)(fn, *args)``) and the kernel helpers
   every model shares (``_pulse_draw``, ``_bridge``);
 * :mod:`.models`: one module per aihwkit device model behind :class:`.models.base.DeviceModel`,

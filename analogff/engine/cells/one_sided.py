@@ -15,16 +15,17 @@ from ..mvm import _seeded
 from ..pulse_trains import _check_pulse_type, _probabilities, _train_constants, weight_granularity
 from ..reads import Reads
 from ..refuse import _refuse
-from ..rng import _Rng, _unpack
+from ..rng import _Rng, _bits, _unpack
 
 
-def _k_refresh_read(wp: Tensor, wm: Tensor, bits: Tensor, out_noise: float, res: float, bound: float,
+def _k_refresh_read(wp: Tensor, wm: Tensor, key: Tensor, out_noise: float, res: float, bound: float,
                     w_max: float, w_min: float, hi: float, lo: float):
     """OneSided refresh: read both arrays through the refresh forward with unit inputs (each output
     is ``w + out_noise xi``, ADC-quantised and clipped, as aihwkit's output stage), and decide which
     pairs to refresh (both devices large): ``(refresh, diff_plus, diff_minus)``, ``refresh`` a 0 / 1
-    float mask (compiled CPU kernels store bool tensors several times slower)."""
-    _, za, zb = _unpack(bits)
+    float mask (compiled CPU kernels store bool tensors several times slower). ``key``: the call's
+    random key."""
+    _, za, zb = _unpack(_bits(key, wp))
     rp = wp + out_noise * za
     rm = wm + out_noise * zb
     if res > 0:
@@ -165,7 +166,7 @@ class OneSidedCell:
                 return t if cidx is None else t.reshape(-1)[cidx]
 
             crit, diff_p, diff_m = plus.k(_k_refresh_read, at(plus.w), at(minus.w),
-                                          rng.bits(plus.shape if cidx is None else (n_cand,)), *plain,
+                                          rng.key(), *plain,
                                           w_max=w_max, w_min=w_min, hi=hi, lo=lo)
             if cidx is not None:  # back to full arrays (few entries)
                 full = torch.zeros(plus.shape, device=plus.device).reshape(-1)
@@ -174,7 +175,7 @@ class OneSidedCell:
                 diff_m = full.index_copy(0, cidx, diff_m).reshape(plus.shape)
         else:
             wp, wm = self._read(plus.w, rng), self._read(minus.w, rng)
-            crit, diff_p, diff_m = _k_refresh_read(wp, wm, torch.zeros_like(wp, dtype=torch.int64), 0.0, 0.0,
+            crit, diff_p, diff_m = _k_refresh_read(wp, wm, torch.zeros((), dtype=torch.int64, device=wp.device), 0.0, 0.0,
                                                    1e30, w_max, w_min, hi, lo)
         index = crit.reshape(-1).nonzero().squeeze(1)
         n_ref = int(index.numel())

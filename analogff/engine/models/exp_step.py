@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import _bridge, _pulse_draw
-from ..rng import _unpack
+from ..rng import _bits, _unpack
 from .base import DeviceModel
 
 
@@ -62,7 +62,7 @@ def _exp_closed(w: Tensor, n: Tensor, r: Tensor, s: Tensor, zc: Tensor, lo: Tens
 
 
 def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float,
-           bits: Tensor,
+           key: Tensor,
            su: Tensor, sd: Tensor, zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor,
            reset_bias: Tensor, A_up: float, A_down: float, g_up: float, g_down: float, es_b: float, sigma: float,
            add: float, slope: float, cplx: bool, wn: float, persistent: bool, has_decay: bool, up_first: bool,
@@ -71,9 +71,9 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
 
     ``one_sign``: no device gets pulses of both signs (a row-by-row or mixed-precision transfer: one
     sample per device), so one run per device, of its own sign, does it; the other run would leave
-    the device exactly as it is. Half the work, the same result.
+    the device exactly as it is. Half the work, the same result. ``key``: the call's random key.
     """
-    u, z1, z2 = _unpack(bits)
+    u, z1, z2 = _unpack(_bits(key, hidden))
     pulsed, nu, nd, r_u, r_d, ub, r_ud = _pulse_draw(mu_u, mu_d, m2_u, m2_d, m2_scale, u)
     w = hidden
     var = torch.zeros_like(hidden)
@@ -124,7 +124,13 @@ def _poisson_small(lam: Tensor, u: Tensor) -> Tensor:
     return n
 
 
-def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, bits: Tensor, s: Tensor, zc: Tensor,
+def _exact_draws(persistent: bool, n_exact: int) -> int:
+    """Random draws per device of :func:`_k_exp_exact`: 3 with write noise or more than 2 exact
+    pulses, else 2."""
+    return 3 if (persistent or n_exact > 2) else 2
+
+
+def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, key: Tensor, s: Tensor, zc: Tensor,
                  lo: Tensor, hi: Tensor, active: Tensor, A: float, gam: float, es_b: float, up: bool, sigma: float,
                  add: float, slope: float, cplx: bool, n_exact: int, wn: float, persistent: bool):
     """ExpStep with big, strongly nonlinear steps (PCM): pulses of one sign, integer counts.
@@ -133,9 +139,10 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
     ``f (1 - f)`` that the rounding carries (``f`` the fraction of ``mu``): Bernoulli where one train of
     one pulse is all there is, Poisson-like where all p are small; inverse CDF up to ``lam = 2``,
     rounding plus Gaussian above. The first ``n_exact`` pulses are applied one by one, each with
-    its own cycle-to-cycle noise and clipping; the rest in closed form. ``bits``: 2 draws (3 with
-    write noise or more than 2 exact pulses).
+    its own cycle-to-cycle noise and clipping; the rest in closed form. ``key``: the call's random
+    key, or the bits themselves (``(draws, *shape)`` int64, :func:`_exact_draws`).
     """
+    bits = _bits(key, hidden, _exact_draws(persistent, n_exact)) if key.dim() == 0 else key
     u0, za, zb = _unpack(bits[0])
     u1, zc1, zd = _unpack(bits[1])
     if persistent or n_exact > 2:  # a third draw: bridge uniform, write noise, third exact pulse
@@ -173,11 +180,11 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
 
 
 def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float,
-                      bp: Tensor, bm: Tensor, sp: Tensor, sm: Tensor, zcp: Tensor, zcm: Tensor, lop: Tensor, lom: Tensor,
+                      kp: Tensor, km: Tensor, sp: Tensor, sm: Tensor, zcp: Tensor, zcm: Tensor, lop: Tensor, lom: Tensor,
                       hip: Tensor, him: Tensor, actp: Tensor, actm: Tensor, **kw: Any):
     """:func:`_k_exp_exact` on a one-sided pair that a transfer pulses on one device only (``mu_u``
     raises the plus device, ``mu_d`` the minus one, never both): one kernel on the pulsed device of
-    each pair, with the random bits it would have drawn alone (``bp``, ``bm``). The other device is
+    each pair, with the random bits it would have drawn alone (keys ``kp``, ``km``). The other device is
     left as it is, which is what the kernel does to a device with no pulses (devices stay within their
     bounds), so the result is that of two kernels at half the work. Returns (plus, minus, pulses)."""
     sel = mu_u > 0
@@ -185,7 +192,9 @@ def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: 
     def w(a: Tensor, b: Tensor) -> Tensor:
         return torch.where(sel, a, b)
 
-    h, _, n = _k_exp_exact(w(hp, hm), w(hp, hm), w(mu_u, mu_d), w(m2_u, m2_d), m2_scale, torch.where(sel, bp, bm),
+    draws = _exact_draws(False, kw["n_exact"])
+    bits = torch.where(sel, _bits(kp, hp, draws), _bits(km, hm, draws))
+    h, _, n = _k_exp_exact(w(hp, hm), w(hp, hm), w(mu_u, mu_d), w(m2_u, m2_d), m2_scale, bits,
                            w(sp, sm), w(zcp, zcm), w(lop, lom), w(hip, him), w(actp, actm), persistent=False, **kw)
     return torch.where(sel, h, hp), torch.where(sel, hm, h), n
 
@@ -235,14 +244,13 @@ class ExpStep(DeviceModel):
         cplx = arr.complex_noise
         add, slope = arr.noise_add_slope
         if arr.exact_pulses:
-            draws = 3 if (arr.persistent or arr.exact_pulses > 2) else 2
-            h, w, n = arr.k(_k_exp_exact, hidden, app, mu_u, m2_u, m2_scale, rng.bits((draws,) + shape),
+            h, w, n = arr.k(_k_exp_exact, hidden, app, mu_u, m2_u, m2_scale, rng.key(),
                             at(arr.p["dwmin_up"]), at(arr.zc), at(arr.bmin), at(arr.bmax), at(arr.active),
                             A=A_up, gam=g_up, es_b=es_b, up=True, sigma=arr.sigma, add=add, slope=slope,
                             cplx=cplx, n_exact=int(arr.exact_pulses), wn=arr.write_noise,
                             persistent=arr.persistent)
             return h, w, n, decay  # the decay (if any) is left to post_update
-        h, w, n = arr.k(_k_exp, hidden, app, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.bits(shape),
+        h, w, n = arr.k(_k_exp, hidden, app, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(),
                         at(arr.p["dwmin_up"]), at(arr.p["dwmin_down"]), at(arr.zc), at(arr.bmin),
                         at(arr.bmax), at(arr.active), at(arr.p["decay_scales"]), at(arr.p["reset_bias"]),
                         A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b, sigma=arr.sigma,
@@ -262,14 +270,13 @@ class ExpStep(DeviceModel):
     def pulse_pair(self, plus: Any, minus: Any, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, rng: Any,
                    m2_scale: float) -> float:
         """:func:`_k_exp_exact_pair` on a one-sided pair."""
-        draws = 3 if plus.exact_pulses > 2 else 2
-        bp = rng.bits((draws,) + plus.shape)  # drawn in the order of the two pulse() calls
-        bm = rng.bits((draws,) + minus.shape)
+        kp = rng.key()  # drawn in the order of the two pulse() calls
+        km = rng.key()
         plus.calls += 1
         minus.calls += 1
         A_up, _, g_up, _, es_b = plus.es
         add, slope = plus.noise_add_slope
-        hp, hm, n = plus.k(_k_exp_exact_pair, plus.hidden, minus.hidden, mu_u, mu_d, m2_u, m2_d, m2_scale, bp, bm,
+        hp, hm, n = plus.k(_k_exp_exact_pair, plus.hidden, minus.hidden, mu_u, mu_d, m2_u, m2_d, m2_scale, kp, km,
                             plus.p["dwmin_up"], minus.p["dwmin_up"], plus.zc, minus.zc, plus.bmin, minus.bmin,
                             plus.bmax, minus.bmax, plus.active, minus.active, A=A_up, gam=g_up, es_b=es_b, up=True,
                             sigma=plus.sigma, add=add, slope=slope, cplx=plus.complex_noise,
