@@ -190,6 +190,12 @@ def length_norm(b: int, n: int) -> OpCounts:
     return OpCounts(digital_macs=b * n, digital_mults=b * n + b, digital_ops=b, digital_special_ops=2 * b)
 
 
+def dropout(b: int, n: int) -> OpCounts:
+    """Inverted dropout of ``b`` rows of ``n``: a compare of each value's uniform with p and a multiply
+    by the mask times 1 / (1 - p) (the random bits themselves are not priced)."""
+    return OpCounts(digital_ops=b * n, digital_mults=b * n)
+
+
 def batch_norm(b: int, n: int, update_stats: bool) -> OpCounts:
     """(h - mean) / sqrt(var + eps) over ``b`` rows of ``n``: subtract and multiply per value, per unit
     the eps add, root and reciprocal. With ``update_stats``: the batch mean (adds, times 1/b) and

@@ -112,6 +112,8 @@ class FFConfig:
     weight_decay: float = 0.0
     cooldown: float = 0.5  #: last fraction of the epochs: lr decays linearly towards 0
     shift: int = 0  #: training images jittered by up to this many pixels (0: off)
+    dropout: float = 0.0  #: training only: every input value of layers 2.. (the normalised activities of the
+    #: layer below) is zeroed with this probability and the rest scaled by 1 / (1 - p) (0: off)
     image_side: int = 28
     analog_update: str = "auto"  #: AnalogLayer update: "auto" (onarray on a transfer compound, else adam) | "adam" |
     #: "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1) | "onarray" (the transfer compound's own learning)
@@ -155,6 +157,9 @@ class FFConfig:
             raise ValueError(f"FFConfig.peer_norm={self.peer_norm!r}; choose a finite coefficient >= 0")
         if isinstance(self.label_reads, bool) or not isinstance(self.label_reads, int) or self.label_reads < 1:
             raise ValueError(f"FFConfig.label_reads={self.label_reads!r}; choose an integer >= 1")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0 <= self.dropout < 1:
+            raise ValueError(f"FFConfig.dropout={self.dropout!r}; choose a probability in [0, 1)")
         if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
             raise ValueError(f"FFConfig.analog_init_range={self.analog_init_range!r}; choose a fraction in (0, 1]")
         if self.negatives == "hard" and self.hard_source == "head" and not self.head:
@@ -468,7 +473,7 @@ class FFNet(LayerStackState, nn.Module):
             h = self._relu(layer(inp))
             if cfg.pairwise and not pairwise.learns_from_own_loss(i, int(self.pair_step)):
                 below = (layer, inp, h)  # no loss of its own this step: the layer above teaches it
-                inp = self.normalize(i, h, update_stats=True)
+                inp = self._dropout(self.normalize(i, h, update_stats=True), generator)
                 continue
             loss, d = ff_loss_and_error(h[:b], h[b:], cfg)
             self.counters += cost.ff_layer_loss(b, h.shape[1])
@@ -487,12 +492,22 @@ class FFNet(LayerStackState, nn.Module):
                 below = None
             layer.apply_update(inp, d, lr)
             losses.append(float(loss))
-            inp = next_inp
+            inp = self._dropout(next_inp, generator) if i + 1 < len(self.layers) else next_inp
         if cfg.pairwise:
             self.pair_step += 1
         out["layer_losses"] = losses
         out["loss"] = sum(losses)
         return out
+
+    def _dropout(self, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Inverted dropout of a layer's input (``config.dropout``): the periphery draws one uniform
+        per value, compares it with p and scales the kept values (counted)."""
+        p = self.config.dropout
+        if p <= 0:
+            return h
+        keep = torch.rand(h.shape, generator=generator, device=generator.device).to(h.device) >= p
+        self.counters += cost.dropout(h.shape[0], h.shape[1])
+        return h * keep.to(h.dtype) * (1.0 / (1.0 - p))
 
     def _teach_below(self, low, x_low: torch.Tensor, h_low: torch.Tensor, up, d_up: torch.Tensor, lr: float) -> None:
         """Pairwise learning: the upper layer's local error d_up, taken back through its weights

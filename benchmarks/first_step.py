@@ -1,17 +1,21 @@
 """Time to the first finished step of a fresh process, and where it goes (issue: speed, compile wait).
 
-For each profile, three fresh processes run an ``AnalogLayer(784, 500)`` step (forward + the main
-job's update rule, batch 100, 1 thread):
+For each profile, fresh processes run an ``AnalogLayer(784, 500)`` step (forward + the main job's
+update rule, batch 100, 1 thread):
 
-* ``cold``: compiled kernels, an empty inductor cache (a new ``TORCHINDUCTOR_CACHE_DIR``);
-* ``warm``: compiled kernels, a second process on the cache the cold one filled;
+* ``cold``: compiled kernels (the default: AOTInductor packages, ``analogff.engine.aot``), an empty
+  package cache and an empty inductor cache: the packages are compiled;
+* ``warm``: a second process on the packages the cold one wrote (the issue's target: <= 2 s);
+* ``tc-cold`` / ``tc-warm`` (``--torch-compile``): the same with ``ANALOGFF_KERNEL_CACHE=off``, the
+  kernels through ``torch.compile`` (the engine's path before the packages), on an empty and then a
+  warm inductor cache;
 * ``eager``: ``ANALOGFF_COMPILE=0``, no compilation at all.
 
-Each prints the seconds from the start of the process to the end of its first step (``first``),
-of that the import of torch + analogff (``import``), the steady-state step (median of steps 3-8),
-and, for the compiled processes, torch's own split of the compile time
-(``torch._dynamo.utils.compile_times``: Dynamo's bytecode tracing, fake-tensor propagation, the
-inductor cache load) and the import of Dynamo and Inductor. Run it alone: the times are wall clock.
+Each prints the seconds from the start of the process to the end of its first step (``first step
+at``), of that the import of torch + analogff (``import``) and the first step itself (``step 1``),
+the steady-state step (median of steps 3-8), whether the process imported Dynamo / Inductor, and for
+``torch.compile`` processes torch's own split of the compile time (``torch._dynamo.utils.compile_times``).
+Run it alone: the times are wall clock.
 
     python benchmarks/first_step.py --profiles ecram pcm mp_reram_es ecram_cttv2
 """
@@ -51,7 +55,8 @@ for i in range(8):
     steps.append(time.perf_counter() - t)
     if i == 0:
         first = time.perf_counter() - t0
-out = {"first_s": first, "import_s": t_import, "first_step_s": steps[0], "steady_ms": 1e3 * statistics.median(steps[2:])}
+out = {"first_s": first, "import_s": t_import, "first_step_s": steps[0], "steady_ms": 1e3 * statistics.median(steps[2:]),
+       "dynamo": "torch._dynamo" in sys.modules, "inductor": "torch._inductor" in sys.modules}
 if "torch._dynamo" in sys.modules:
     from torch._dynamo.utils import compile_times
     names, values = compile_times(repr="csv", aggregate=True)
@@ -82,21 +87,31 @@ def _child(code: str, *args: str, env: dict[str, str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profiles", nargs="+", default=["ecram", "pcm", "mp_reram_es", "ecram_cttv2"])
+    p.add_argument("--torch-compile", nargs="*", default=None, metavar="PROFILE",
+                   help="also time the torch.compile path (no names: every profile)")
     args = p.parse_args(argv)
     imports = _child(IMPORT_COST, env={})
     print(f"import torch._dynamo {imports['dynamo_import_s']:.2f} s, torch._inductor.compile_fx "
           f"{imports['inductor_import_s']:.2f} s (a fresh process, after torch)")
-    print(f"{'profile':<14} {'mode':<6} {'first step at':>13} {'import':>7} {'step 1':>7} {'steady':>9}  compile split (s)")
+    print(f"{'profile':<16} {'mode':<7} {'first step at':>13} {'import':>7} {'step 1':>7} {'steady':>9}  "
+          "dynamo/inductor imported, compile split (s)")
     for prof in args.profiles:
-        with tempfile.TemporaryDirectory(prefix="inductor_") as cache:
-            runs = [("cold", {"TORCHINDUCTOR_CACHE_DIR": cache, "ANALOGFF_COMPILE": "1"}),
-                    ("warm", {"TORCHINDUCTOR_CACHE_DIR": cache, "ANALOGFF_COMPILE": "1"}),
-                    ("eager", {"ANALOGFF_COMPILE": "0"})]
+        tc = args.torch_compile is not None and (not args.torch_compile or prof in args.torch_compile)
+        with tempfile.TemporaryDirectory(prefix="inductor_") as cache, \
+                tempfile.TemporaryDirectory(prefix="kernels_") as kernels, \
+                tempfile.TemporaryDirectory(prefix="inductor_tc_") as cache_tc:
+            pkg = {"TORCHINDUCTOR_CACHE_DIR": cache, "ANALOGFF_KERNEL_CACHE": kernels, "ANALOGFF_COMPILE": "1"}
+            runs = [("cold", pkg), ("warm", pkg)]
+            if tc:
+                off = {"TORCHINDUCTOR_CACHE_DIR": cache_tc, "ANALOGFF_KERNEL_CACHE": "off", "ANALOGFF_COMPILE": "1"}
+                runs += [("tc-cold", off), ("tc-warm", off)]
+            runs.append(("eager", {"ANALOGFF_COMPILE": "0"}))
             for mode, env in runs:
                 r = _child(CHILD, prof, env=env)
                 split = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in r.get("split_s", {}).items())
-                print(f"{prof:<14} {mode:<6} {r['first_s']:>11.2f} s {r['import_s']:>5.2f} s {r['first_step_s']:>5.2f} s "
-                      f"{r['steady_ms']:>6.1f} ms  {split}", flush=True)
+                imported = f"{'yes' if r['dynamo'] else 'no'}/{'yes' if r['inductor'] else 'no'}"
+                print(f"{prof:<16} {mode:<7} {r['first_s']:>11.2f} s {r['import_s']:>5.2f} s {r['first_step_s']:>5.2f} s "
+                      f"{r['steady_ms']:>6.1f} ms  {imported}  {split}", flush=True)
     return 0
 
 

@@ -273,7 +273,7 @@ def test_peer_norm_error_matches_autograd_and_pulls_units_to_their_peers():
 
 @pytest.mark.parametrize("opts", [{"goodness": "abs"}, {"goodness": "pnorm", "goodness_p": 3.0},
                                   {"goodness_sign": "min"}, {"loss_fn": "sigmoid", "alpha": 2.0},
-                                  {"peer_norm": 0.03}])
+                                  {"peer_norm": 0.03}, {"dropout": 0.2}])
 def test_each_option_learns_the_synthetic_task(opts):
     from analogff.train import train_ff
 
@@ -288,6 +288,33 @@ def test_each_option_learns_the_synthetic_task(opts):
 
 def test_design_space_options_are_checked():
     for field, bad in [("goodness", "cube"), ("goodness_sign", "up"), ("loss_fn", "tanh"), ("goodness_p", 0.0),
-                       ("goodness_p", float("nan")), ("peer_norm", -0.1), ("peer_norm", float("inf"))]:
+                       ("goodness_p", float("nan")), ("peer_norm", -0.1), ("peer_norm", float("inf")),
+                       ("dropout", 1.0), ("dropout", -0.1), ("dropout", True)]:
         with pytest.raises(ValueError, match=field):
             FFConfig(**{field: bad})
+
+
+def test_dropout_zeroes_the_upper_layers_inputs_in_training_only_and_is_counted():
+    """The second layer's training input: a fraction p of the normalised activities zeroed, the rest
+    scaled by 1 / (1 - p); the first layer (the image and label) untouched; evaluation unchanged;
+    the periphery's compare and multiply counted."""
+    seen: list[tuple[int, torch.Tensor]] = []
+    x, y = synthetic(64)
+    nets = {}
+    for p in (0.0, 0.5):
+        net = tiny_net(dropout=p)
+        for i, layer in enumerate(net.layers):
+            real = layer.apply_update
+            layer.apply_update = (lambda real, i: lambda inp, d, lr: (seen.append((i, inp.clone())), real(inp, d, lr)))(real, i)
+        before = net.counters.digital_mults
+        net.train_step(x, y, torch.Generator().manual_seed(0))
+        nets[p] = (net, net.counters.digital_mults - before)
+    (_, plain0), (_, plain1), (_, drop0), (_, drop1) = seen
+    assert torch.equal(plain0, drop0)  # the first layer's input: image and labels, never dropped
+    dropped = (drop1[plain1 != 0] == 0).float().mean()  # of the values that were not zero anyway
+    assert 0.4 < float(dropped) < 0.6  # about half dropped
+    kept = drop1 != 0
+    assert torch.allclose(drop1[kept], 2.0 * plain1[kept], rtol=1e-4, atol=1e-5)  # same net so far: scaled by 2
+    assert nets[0.5][1] - nets[0.0][1] == 2 * 64 * 32  # one multiply per value of the dropped input
+    a, b = tiny_net(dropout=0.5), tiny_net()
+    assert torch.equal(a.goodness_per_label(x), b.goodness_per_label(x))  # evaluation: no dropout

@@ -52,8 +52,10 @@ as many the other way). Per part it
 All randomness comes from the engine's ``torch.Generator`` (seeded by ``seed``); the per-device
 draws are counter-based: the generator gives each kernel call one 64-bit key, and the kernel makes
 64 bits per device from (key, device index) with SplitMix64's mixer, turned into a uniform and two
-normals in place (no random array is written to memory and read back). Steps 2-3 are pure element-wise kernels, fused with ``torch.compile`` on big tiles
-(``compile=``, ``ANALOGFF_COMPILE``), eager otherwise (same numbers up to float rounding).
+normals in place (no random array is written to memory and read back). Steps 2-3 are pure
+element-wise kernels, compiled on big tiles (``compile=``, ``ANALOGFF_COMPILE``; on the CPU as
+AOTInductor packages cached on disk, :mod:`.aot`; elsewhere ``torch.compile``), eager otherwise
+(same numbers up to float rounding).
 
 Device models (``aihwkit/simulator/configs/devices.py``, C++ ``rpu_*_device.cpp``); the
 device-to-device parameters are drawn as ``PulsedRPUDevice::populate`` and the models' populate do
@@ -106,6 +108,8 @@ Layout (one concept a module):
 * :mod:`.rng`: the random streams (``_Rng``), the kernels' counter-based bits and their unpacking;
 * :mod:`.kernels`: compile dispatch (``Kernels(compile)(fn, *args)``) and the kernel helpers
   every model shares (``_pulse_draw``, ``_bridge``);
+* :mod:`.aot`: the compiled kernels' disk cache (``PackageCache``: one AOTInductor package per
+  kernel signature; ``static`` marks floats that are baked in);
 * :mod:`.models`: one module per aihwkit device model behind :class:`.models.base.DeviceModel`,
   found through the registry ``models.MODELS`` (keyed by the aihwkit class name);
 * :mod:`.device_array`: ``DeviceArray``, one device per cross-point (``pulse``, ``set_weights``,

@@ -1,8 +1,9 @@
 """Compile dispatch of the fused per-device kernels, and the kernel helpers every device model shares.
 
 Kernels are pure element-wise functions of tensors and python scalars. :class:`Kernels` calls
-them (the function object itself: ``kernels(fn, *args)``) eagerly or through ``torch.compile``
-(on tiles of >= 65536 devices, ``ANALOGFF_COMPILE=0/1/auto``); small flat subsets run eagerly.
+them (the function object itself: ``kernels(fn, *args)``) eagerly or compiled (on tiles of >= 65536
+devices, ``ANALOGFF_COMPILE=0/1/auto``: on the CPU an AOTInductor package from the disk cache of
+:mod:`.aot`, elsewhere ``torch.compile``); small flat subsets run eagerly.
 The shared helpers: :func:`_pulse_draw` (which devices are pulsed, how many pulses of each sign)
 and :func:`_bridge` (the end point of a noisy run clipped at the bounds after every pulse).
 """
@@ -71,16 +72,19 @@ def _log1p_ratio(s: Tensor) -> Tensor:
 
 
 class Kernels:
-    """The fused kernels, eager or compiled (``torch.compile``, dynamic shapes, made once per process).
+    """The fused kernels, eager or compiled.
 
-    ``kernels(fn, *args, **kwargs)`` runs the kernel function ``fn`` (a function object, compiled
-    once per process under its module and qualified name).
-
-    Compilation is tried on first use; if it fails (no C++ compiler, no triton), the engine warns
-    once and stays eager: same results up to float rounding, a few times slower.
+    ``kernels(fn, *args, **kwargs)`` runs the kernel function ``fn`` (a function object). Compiled, on
+    the CPU it runs the kernel's AOTInductor package from the disk cache (:mod:`.aot`: compiled once
+    per machine, loaded in milliseconds by every later process, no Dynamo); on other devices, or
+    with ``ANALOGFF_KERNEL_CACHE=off``, through ``torch.compile`` (dynamic shapes, traced once per
+    process). A package that cannot be built falls back to ``torch.compile`` with a warning; if
+    that fails too (no C++ compiler, no triton), the engine warns once and stays eager: same results
+    up to float rounding, a few times slower.
     """
 
     _compiled: dict[str, Callable] = {}
+    _no_package: set[Callable] = set()  # kernels whose package failed: torch.compile in this process
     _broken = False
 
     def __init__(self, compile: bool):
@@ -89,9 +93,20 @@ class Kernels:
     def __call__(self, fn: Callable, *args: Any, **kwargs: Any):
         if not callable(fn):
             raise TypeError(f"Kernels: pass the kernel function itself, got {fn!r}")
-        name = f"{fn.__module__}.{fn.__qualname__}"
         if not self.compile or Kernels._broken or _small_call(args):
             return fn(*args, **kwargs)
+        packages = _packages() if _on_cpu(args) and fn not in Kernels._no_package else None
+        if packages is not None:
+            try:
+                return packages(fn, args, kwargs)
+            except Exception as exc:  # no C++ compiler, a kernel export cannot take: torch.compile it
+                import warnings
+
+                warnings.warn(f"analogff: no compiled package for the kernel {fn.__qualname__} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "it runs through torch.compile in this process", RuntimeWarning, stacklevel=3)
+                Kernels._no_package.add(fn)
+        name = f"{fn.__module__}.{fn.__qualname__}"
         if name not in Kernels._compiled:
             Kernels._compiled[name] = torch.compile(fn, dynamic=True)
         try:
@@ -106,6 +121,27 @@ class Kernels:
 
 
 _Kernels = Kernels  # the name of analogff.pulsed
+
+_PACKAGES: dict[Any, Any] = {}
+
+
+def _packages():
+    """The process's :class:`~.aot.PackageCache` for ``$ANALOGFF_KERNEL_CACHE`` (None: ``off``)."""
+    from .aot import PackageCache, cache_dir
+
+    root = cache_dir()
+    if root is None:
+        return None
+    if root not in _PACKAGES:
+        _PACKAGES[root] = PackageCache(root)
+    return _PACKAGES[root]
+
+
+def _on_cpu(args: tuple) -> bool:
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.device.type == "cpu"
+    return False
 
 
 _COMPILE_MIN_DEVICES = 65536

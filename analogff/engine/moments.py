@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .aot import static
 from .kernels import Kernels
 from .pulse_trains import _probabilities, _probability_step, _train_constants
 from .rng import _Rng
@@ -62,6 +63,7 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
 
 
+@static("res")
 def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
     """Element-wise core of :func:`_rowwise_moments`: column probabilities |u| a (discretised to
     ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d and second moment, split by sign."""

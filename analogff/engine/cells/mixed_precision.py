@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..device_array import DeviceArray
+from ..aot import static
 from ..kernels import Kernels
 from ..pulse_trains import _probabilities, _train_constants, weight_granularity
 from ..reads import Reads
@@ -16,6 +17,7 @@ from ..refuse import _refuse
 from ..rng import _Rng
 
 
+@static("res")
 def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, res: float):
     """Mixed-precision transfer: ``n = trunc(chi / granularity)`` leaves chi, and the coincidence
     moments of the row-wise pulse trains (x = n[j], d = e_j; per-row ``BL``, ``B``, ``p_d``)."""

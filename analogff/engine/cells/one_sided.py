@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..device_array import DeviceArray
+from ..aot import static
 from ..kernels import Kernels
 from ..moments import _coincidence_moments, _rowwise_moments
 from ..mvm import _seeded
@@ -18,6 +19,7 @@ from ..refuse import _refuse
 from ..rng import _Rng, _bits, _unpack
 
 
+@static("res")
 def _k_refresh_read(wp: Tensor, wm: Tensor, key: Tensor, out_noise: float, res: float, bound: float,
                     w_max: float, w_min: float, hi: float, lo: float):
     """OneSided refresh: read both arrays through the refresh forward with unit inputs (each output

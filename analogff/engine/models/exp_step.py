@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..aot import static
 from ..kernels import _bridge, _pulse_draw
 from ..rng import _bits, _unpack
 from .base import DeviceModel
@@ -61,6 +62,7 @@ def _exp_closed(w: Tensor, n: Tensor, r: Tensor, s: Tensor, zc: Tensor, lo: Tens
     return w1, var + (n * (sigma * sigma) * per2 + r * 0.5 * (st0 * st0 + st1 * st1)) * shrink, st1
 
 
+@static("A_up", "A_down", "g_up", "g_down")  # torch.where(up, A_up, A_down) makes a float32 tensor
 def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float,
            key: Tensor,
            su: Tensor, sd: Tensor, zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor,

@@ -1,0 +1,140 @@
+"""Compiled kernels cached on disk (analogff.engine.aot): a package equals the eager kernel, takes
+other sizes and other float values without compiling again, loads in a fresh process without Dynamo,
+and refuses a float that changes what the kernel computes unless it is marked static."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from analogff.engine import aot
+from analogff.engine.cells.mixed_precision import _k_mp_prepare
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("kernels")
+
+
+@pytest.fixture
+def compiles(monkeypatch) -> list[str]:
+    """The kernels compiled during a test, by name."""
+    done: list[str] = []
+    real = aot._compile
+
+    def counting(call, path):
+        done.append(call.fn.__name__)
+        return real(call, path)
+
+    monkeypatch.setattr(aot, "_compile", counting)
+    return done
+
+
+def _mp_args(n_out: int, n_in: int, gran: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    chi = torch.randn(n_out, n_in, generator=g) * 0.05
+    bl = torch.randint(1, 31, (n_out, 1), generator=g).float()
+    b = torch.rand(n_out, 1, generator=g)
+    pd = torch.rand(n_out, 1, generator=g)
+    return (chi, gran, bl, b, pd), {"res": 0.01}
+
+
+def _same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_package_equals_eager_at_other_sizes_and_float_values(root, compiles):
+    cache = aot.PackageCache(root)
+    for shape, gran in (((300, 400), 0.01), ((37, 5), 0.01), ((300, 400), 0.003)):
+        args, kw = _mp_args(*shape, gran)
+        _same(cache(_k_mp_prepare, args, kw), _k_mp_prepare(*args, **kw))
+    assert compiles == ["_k_mp_prepare"]  # one package: sizes and gran are inputs
+    assert len(list(root.glob("_k_mp_prepare-*.pt2"))) == 1
+    meta = json.loads(next(root.glob("_k_mp_prepare-*.json")).read_text())
+    assert meta["single"] is False and "gran: float" in meta["kernel"] and "res=0.01" in meta["kernel"]
+
+
+def test_a_static_float_is_baked_in_and_a_new_value_compiles_a_new_package(root, compiles):
+    cache = aot.PackageCache(root)
+    args, _ = _mp_args(300, 400, 0.01)
+    _same(cache(_k_mp_prepare, args, {"res": 0.0}), _k_mp_prepare(*args, res=0.0))
+    assert compiles == ["_k_mp_prepare"]
+    assert len(list(root.glob("_k_mp_prepare-*.pt2"))) == 2
+
+
+def test_a_second_cache_loads_from_disk_without_compiling(root, compiles):
+    args, kw = _mp_args(64, 100, 0.02, seed=3)
+    _same(aot.PackageCache(root)(_k_mp_prepare, args, kw), _k_mp_prepare(*args, **kw))
+    assert compiles == []
+
+
+def test_a_broken_package_is_compiled_again(tmp_path, compiles):
+    args, kw = _mp_args(40, 50, 0.01)
+    aot.PackageCache(tmp_path)(_k_mp_prepare, args, kw)
+    pkg = next(tmp_path.glob("*.pt2"))
+    pkg.write_bytes(pkg.read_bytes()[:1000])  # truncated
+    _same(aot.PackageCache(tmp_path)(_k_mp_prepare, args, kw), _k_mp_prepare(*args, **kw))
+    assert compiles == ["_k_mp_prepare", "_k_mp_prepare"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")]  # no temporary files left
+
+
+def _k_where(x: torch.Tensor, up: float, down: float):
+    """A float that, as a 0-d float64 input, would make the output float64."""
+    return x * torch.where(x > 0, up, down)
+
+
+def test_a_float_that_changes_the_output_must_be_static(tmp_path):
+    x = torch.randn(300, 400)
+    with pytest.raises(RuntimeError, match="static"):
+        aot.PackageCache(tmp_path)(_k_where, (x, 2.0, 0.5), {})
+    assert not list(tmp_path.glob("*.pt2"))  # nothing half-made is left to load
+    fixed = aot.static("up", "down")(lambda x, up, down: _k_where(x, up, down))
+    fixed.__name__ = fixed.__qualname__ = "_k_where_static"
+    assert torch.equal(aot.PackageCache(tmp_path)(fixed, (x, 2.0, 0.5), {}), _k_where(x, 2.0, 0.5))
+
+
+def test_a_fresh_process_loads_its_packages_without_dynamo_or_inductor(root):
+    """The point of the cache: a second process neither imports Dynamo / Inductor nor traces."""
+    args, kw = _mp_args(300, 400, 0.01)
+    aot.PackageCache(root)(_k_mp_prepare, args, kw)  # on disk (compiled by the tests above or now)
+    code = (
+        "import sys, torch\n"
+        "from analogff.engine.kernels import Kernels\n"
+        "from analogff.engine.cells.mixed_precision import _k_mp_prepare\n"
+        "chi = torch.randn(300, 400) * 0.05; col = torch.rand(300, 1)\n"
+        "out = Kernels(True)(_k_mp_prepare, chi, 0.01, col * 30, col, col, res=0.01)\n"
+        "want = _k_mp_prepare(chi, 0.01, col * 30, col, col, res=0.01)\n"
+        "ok = all(torch.allclose(a, b, atol=1e-7) for a, b in zip(out, want))\n"
+        "print(ok, 'torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)\n"
+    )
+    env = {**os.environ, "ANALOGFF_KERNEL_CACHE": str(root), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "False", "False"], out.stderr[-2000:]
+    assert len(list(root.glob("_k_mp_prepare-*.pt2"))) == 2  # loaded, not compiled again
+
+
+def test_cache_off_goes_back_to_torch_compile(monkeypatch):
+    monkeypatch.setenv("ANALOGFF_KERNEL_CACHE", "off")
+    assert aot.cache_dir() is None
+    monkeypatch.setenv("ANALOGFF_KERNEL_CACHE", "~/elsewhere")
+    assert aot.cache_dir() == Path("~/elsewhere").expanduser()
+
+
+def test_a_kernel_argument_that_cannot_be_compiled_is_a_clear_error(tmp_path):
+    with pytest.raises(TypeError, match="argument y of type list"):
+        aot.PackageCache(tmp_path)(lambda x, y: x, (torch.zeros(3, 3), [1]), {})
+
+
+def test_the_source_digest_sees_code_not_comments_or_docstrings():
+    base = aot._code_only('def k(x):\n    """doc"""\n    return x * 2  # twice\n')
+    assert aot._code_only('def k(x):\n    """other doc"""\n    # a comment\n    return x * 2\n') == base
+    assert aot._code_only('def k(x):\n    """doc"""\n    return x * 3\n') != base
