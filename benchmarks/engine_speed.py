@@ -25,8 +25,16 @@ samples/s = 100 / (seconds per step). Prints markdown tables (for the README) in
    the pulses, the torch engine's does not), with the time of one full-MNIST epoch of a 784-500-500
    analog FF net on the torch engine (600 steps of both layers; step time only, no data loading).
 
+3. with ``--split``: where the torch step's time goes on every profile (main job's rule, 784 x 500),
+   against the digital step's parts: the forward MVMs, the periphery (d^T x and Adam), the coincidence
+   moments, the device kernels (pulses), the transfer reads of a transfer compound, and the rest of
+   the update (pulse-train constants, transfer bookkeeping, counting); medians over the steps.
+
+Compilation is never timed: every profile's kernels are compiled (or loaded from the package cache,
+``analogff.engine.aot``) by untimed warm-up steps first.
+
 Usage: ``python benchmarks/engine_speed.py [--quick] [--threads N] [--profile NAME] [--torch-device cuda]
-[--engines torch,aihwkit] [--batches 8]``.
+[--engines torch,aihwkit] [--batches 8] [--split]``.
 """
 
 from __future__ import annotations
@@ -196,6 +204,121 @@ def bench_width(profile: Path, n_in: int, width: int, engines: list[str], repeat
     return out
 
 
+SPLIT_PARTS = ("forward", "periphery", "moments", "device kernels", "transfer reads", "rest of update")
+
+
+class StepSplit:
+    """Wall time of the parts of a torch-engine step, by wrapping engine functions (benchmark only).
+
+    Each wrapped call adds its time to its part, minus the time of wrapped calls inside it (a part
+    is exclusive: a transfer's device pulses count as device kernels, not transfer reads)."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = dict.fromkeys(SPLIT_PARTS, 0.0)
+        self._inner: list[float] = []
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, name: str, part: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*a, **k):
+            self._inner.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                dt = time.perf_counter() - t0
+                inner = self._inner.pop()
+                self.t[part] += dt - inner
+                if self._inner:
+                    self._inner[-1] += dt
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def install(self) -> "StepSplit":
+        from analogff.engine import device_array, engine
+        from analogff.engine.cells import one_sided, single, transfer
+
+        self.wrap(engine.TorchPulsedEngine, "forward", "forward")
+        for mod in (single, one_sided, transfer):  # (a row transfer's moments fused into the device
+            for name in ("_coincidence_moments", "_rowwise_moments"):  # kernel count as device kernels)
+                if hasattr(mod, name):
+                    self.wrap(mod, name, "moments")
+        self.wrap(device_array.DeviceArray, "pulse", "device kernels")
+        self.wrap(device_array.DeviceArray, "pulse_pair", "device kernels")
+        self.wrap(transfer.TransferCell, "_read", "transfer reads")
+        return self
+
+    def remove(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+
+def split_step(profile: Path, rule: str, lr: float, gen: torch.Generator, steps: int) -> dict[str, float]:
+    """Median ms per part of the torch step (``StepSplit``) and of the digital step (forward GEMM,
+    periphery: d^T x and Adam, weight update), ``steps`` steps after 3 untimed ones."""
+    x, _ = mnist_batch(gen)
+    w = (torch.rand(500, IN, generator=gen) * 2 - 1) / IN**0.5
+    d = layer_error(x, w, rule)
+    xbar = Crossbar(IN, 500, device=profile, seed=0, engine="torch")
+    xbar.set_weights(w)
+    eng, tile_lr = xbar.engine, lr / xbar.w_scale
+    adam, adam_dig, w_dig = Adam(tuple(w.shape), torch.device("cpu")), Adam(tuple(w.shape), torch.device("cpu")), w.clone()
+    rows: dict[str, list[float]] = {k: [] for k in ("digital", "digital forward", "digital periphery", "torch",
+                                                    *SPLIT_PARTS)}
+
+    def torch_step(split: StepSplit | None) -> None:
+        t0 = time.perf_counter()
+        eng.forward(x, False)
+        t1 = time.perf_counter()
+        if rule == "adam":
+            u = adam(d.T @ x)
+            t2 = time.perf_counter()
+            eng.update_rows(u, tile_lr)
+        else:
+            t2 = t1
+            eng.update(x, d, tile_lr)
+        t3 = time.perf_counter()
+        if split is not None:
+            rows["torch"].append(t3 - t0)
+            rows["periphery"].append(t2 - t1)
+            inside = sum(v for k, v in split.t.items() if k != "forward")
+            split.t["rest of update"] = (t3 - t2) - inside
+            for k in SPLIT_PARTS:
+                if k != "periphery":
+                    rows[k].append(split.t[k])
+            split.t = dict.fromkeys(SPLIT_PARTS, 0.0)
+
+    def digital_step() -> None:
+        t0 = time.perf_counter()
+        y = x @ w_dig.T
+        t1 = time.perf_counter()
+        g = d.T @ x
+        w_dig.add_(adam_dig(g) if rule in ("adam", "onarray") else g, alpha=-lr if rule != "onarray" else -1e-3)
+        t2 = time.perf_counter()
+        rows["digital"].append(t2 - t0)
+        rows["digital forward"].append(t1 - t0)
+        rows["digital periphery"].append(t2 - t1)
+        del y
+
+    for _ in range(3):  # untimed: compilation or the package cache's load
+        torch_step(None)
+        digital_step()
+    for k in ("digital", "digital forward", "digital periphery"):
+        rows[k].clear()
+    split = StepSplit().install()
+    try:
+        for _ in range(steps):
+            split.t = dict.fromkeys(SPLIT_PARTS, 0.0)
+            torch_step(split)
+            digital_step()
+    finally:
+        split.remove()
+    return {k: 1e3 * statistics.median(v) for k, v in rows.items()}
+
+
 def pick_threads() -> int:
     """As many threads as the machine allows: all cores, unless other jobs hold them (then one
     thread is faster than threads that wait for busy cores). Decided on a 200 x 784 x 500 GEMM."""
@@ -237,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=1,
                    help="steps cycle through this many MNIST mini-batches (default 1: one batch and one update "
                         "direction repeated, so the weights drift one way)")
+    p.add_argument("--split", action="store_true",
+                   help="also print where the torch step's time goes, per profile (CPU; its own table)")
     args = p.parse_args(argv)
     device = torch.device(args.torch_device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -344,6 +469,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio(r, 'aihwkit', 'torch')} | {rd.get('pulses_per_device', float('nan')):.0f} | {ms(rd, 'torch')} | "
               f"{ms(rd, 'aihwkit')} | {ratio(rd, 'aihwkit', 'torch')} | {ratio(r, 'torch', 'digital', 1)} | "
               f"{epoch} |", flush=True)
+    if args.split:
+        print(f"\n## Where the torch step's time goes ({IN} x 500, main job's rule), ms per step\n")
+        print("Medians over the steps (each column's own median: the parts need not add up to the total). "
+              "*periphery*: d^T x and Adam (the adam rule; 0 for onarray, whose d^T x is the pulses). "
+              "Digital: its forward GEMM and its update (d^T x, Adam, W).\n")
+        print("| profile | rule | digital ms (forward + update) | torch ms | torch / digital | "
+              + " | ".join(SPLIT_PARTS) + " |")
+        print("|---|---|---:|---:|---:|" + "---:|" * len(SPLIT_PARTS))
+        for prof in profiles:
+            rule, lr = main_rule(prof)
+            r = split_step(prof, rule, lr, gen, max(repeats, 10))
+            print(f"| {prof.stem} | {rule} | {r['digital']:.1f} ({r['digital forward']:.1f} + "
+                  f"{r['digital periphery']:.1f}) | {r['torch']:.1f} | {r['torch'] / r['digital']:.1f}x | "
+                  + " | ".join(f"{r[k]:.1f}" for k in SPLIT_PARTS) + " |", flush=True)
     return 0
 
 
