@@ -153,27 +153,3 @@ def test_registry_finds_every_shipped_model_and_lists_itself_when_refusing():
     with pytest.raises(ValueError, match=r"PowStepDevice is not implemented \(supported: ConstantStepDevice.*"
                                          r"ExpStepDevice, .*OneSidedUnitCell.*\).*engine='aihwkit'"):
         model_for(PowStepDevice(), "here")
-
-
-@pytest.mark.parametrize("name", ["ecram", "capacitor", "idealized", "reram_sb", "reram_es", "pcm"])
-def test_a_row_transfer_fused_into_the_device_kernel_equals_moments_then_pulses(name):
-    """``pulse_rows`` (the row transfer's moments computed inside the device kernel) leaves every
-    device exactly where the moments kernel followed by ``pulse`` does, with the same random draws
-    and pulse count; models without the fusion (PCM's exact pulses) take the two-kernel path."""
-    import copy
-
-    from analogff.engine.moments import _k_rowwise, _rowwise_inputs
-
-    xbar = Crossbar(IN, OUT, device=DEVICES / f"{name}.toml", seed=0, engine="torch")
-    eng = xbar.engine
-    arr = eng.cell.arr if hasattr(eng.cell, "arr") else eng.cell.devs[1]
-    g = torch.Generator().manual_seed(3)
-    xbar.set_weights((torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.5 * xbar.w_bound)
-    u = torch.randn(OUT, IN, generator=g) * torch.rand(1, IN, generator=g)
-    rows = _rowwise_inputs(u, 40 * weight_granularity(arr.cfg), eng.cell.up, weight_granularity(arr.cfg))
-    twin, rng_a, rng_b = copy.deepcopy(arr), copy.deepcopy(eng.rng), copy.deepcopy(eng.rng)
-    n_fused = arr.pulse_rows(*rows, rng_a, post=True)
-    n_plain = twin.pulse(*_k_rowwise(*rows), rng_b, post=True, one_sign=True)
-    assert n_fused == n_plain > 0
-    assert torch.equal(arr.hidden, twin.hidden) and torch.equal(arr.w, twin.w)
-    assert torch.equal(rng_a.gen.get_state(), rng_b.gen.get_state())

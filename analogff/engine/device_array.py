@@ -12,7 +12,6 @@ from torch import Tensor
 
 from .kernels import Kernels
 from .models import model_for
-from .moments import _k_rowwise
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -119,7 +118,7 @@ class DeviceArray:
         """Per-device constants of the closed forms, from ``p`` (the model's :meth:`derive`)."""
         p = self.p
         self.bmax, self.bmin = p["max_bound"], p["min_bound"]
-        self.ref = p.get("reference", torch.zeros((), device=self.device))  # 0-d: no reference device
+        self.ref = p.get("reference", torch.zeros(self.shape, device=self.device))
         self.model.derive(self)
 
     # -- state ---------------------------------------------------------------------------------
@@ -161,25 +160,13 @@ class DeviceArray:
             self.hidden = w
             self.w = self.hidden
 
-    def pulse_rows(self, u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float, rng: _Rng,
-                   post: bool = False) -> float:
-        """A row-by-row transfer (:func:`~.moments._rowwise_inputs`: ``u`` (out, in) and the per-row
-        constants): the pulses of :meth:`pulse` on the moments :func:`~.moments._rowwise_moments`
-        gives, which a model with ``fuses_rows`` computes inside its kernel (the four moment arrays
-        are never stored). Returns the number of pulses."""
-        if not self.model.fuses_rows:
-            return self.pulse(*self.k(_k_rowwise, u, a, px, bl, res), rng, post=post, one_sign=True)
-        return self.pulse(u, a, px, bl, rng, post=post, one_sign=True, rows_res=res)
-
     def pulse(self, mu_u: Tensor, mu_d: Tensor | None, m2_u: Tensor, m2_d: Tensor | None, rng: _Rng,
-              m2_scale: float = 1.0, post: bool = False, index: Tensor | None = None, one_sign: bool = False,
-              rows_res: float | None = None) -> float:
+              m2_scale: float = 1.0, post: bool = False, index: Tensor | None = None, one_sign: bool = False) -> float:
         """Apply a batch's pulses from the moments of the up / down coincidence counts: mean ``mu``
         and ``m2 * m2_scale = sum_b BL_b p^2`` (variance ``mu - m2``); ``mu_d None``: up only.
         ``post`` also does the once-per-batch decay. ``index`` (flat indices): only those devices
         (the moments are then given for them only). ``one_sign``: no device has both up and down
-        moments (a transfer; ``mu_d None`` implies it). ``rows_res`` (from :meth:`pulse_rows`): the
-        four moments are a row transfer's ``(u, a, px, bl)``. Returns the number of pulses."""
+        moments (a transfer; ``mu_d None`` implies it). Returns the number of pulses."""
         shape = self.shape if index is None else (int(index.numel()),)
         zero = torch.zeros((), device=self.device)
         if mu_d is None:
@@ -187,14 +174,13 @@ class DeviceArray:
             one_sign = True
 
         def at(t: Tensor) -> Tensor:
-            return t if index is None or t.dim() == 0 else t.reshape(-1)[index]
+            return t if index is None else t.reshape(-1)[index]
 
         decay = post and self.has_decay and index is None
         self.calls += 1
         hidden, app = at(self.hidden), at(self.w)
-        rows = {} if rows_res is None else {"rows_res": rows_res}
         h, w, n, decay = self.model.apply(self, hidden, app, at, shape, mu_u, mu_d, m2_u, m2_d, m2_scale, rng,
-                                          decay=decay, one_sign=one_sign, **rows)
+                                          decay=decay, one_sign=one_sign)
         if index is None:
             self.hidden = h
             self.w = w if self.persistent else h

@@ -63,11 +63,10 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
 
 
-def _rowwise_core(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
+@static("res")
+def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
     """Element-wise core of :func:`_rowwise_moments`: column probabilities |u| a (discretised to
-    ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d and second moment, split by sign:
-    ``(mu_up, mu_down, m2_up, m2_down)``. Device kernels that take a row transfer call it inline
-    (``rows=True``), so the four moment arrays are never written to memory."""
+    ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d and second moment, split by sign."""
     p = u.abs() * a
     if res > 0:
         p = torch.round(p / res) * res
@@ -79,32 +78,13 @@ def _rowwise_core(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
     return torch.where(neg, dd, zero), torch.where(pos, dd, zero), torch.where(neg, m2, zero), torch.where(pos, m2, zero)
 
 
-@static("res")
-def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
-    """:func:`_rowwise_core` as a kernel of its own (cells whose device kernel does not fuse it)."""
-    return _rowwise_core(u, a, px, bl, res)
-
-
-def _moments_in(m1: Tensor, m2: Tensor, m3: Tensor, m4: Tensor, rows: bool, res: float):
-    """Inside a device kernel: the coincidence moments ``(mu_up, mu_down, m2_up, m2_down)``, given
-    (``rows=False``) or computed from a row transfer's ``(u, a, px, bl)`` (``rows=True``)."""
-    return _rowwise_core(m1, m2, m3, m4, res) if rows else (m1, m2, m3, m4)
-
-
-def _rowwise_inputs(u: Tensor, lr: float, up: Any, gran: float):
-    """A row-by-row transfer of u (out, in) as a device kernel takes it: ``(u, a, px, bl, res)``, the
-    per-row (input) pulse-train constants broadcast along the columns."""
-    n_in = u.shape[1]
-    ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
-    bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
-    px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
-    return u, a.contiguous(), px.contiguous(), bl.contiguous(), _probability_step(up)
-
-
 def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: Kernels | None = None):
     """:func:`_coincidence_moments` of ``x = I, d = u^T``: row i driven alone (value 1) with the
     column errors ``u[:, i]``, the row-by-row transfer of a digital update matrix u (out, in). Each
     device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value."""
-    u, a, px, bl, res = _rowwise_inputs(u, lr, up, gran)
+    n_in = u.shape[1]
+    ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
+    bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
+    px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
     run = kernels if kernels is not None else (lambda fn, *args: fn(*args))
-    return (*run(_k_rowwise, u, a, px, bl, res), 1.0)
+    return (*run(_k_rowwise, u, a, px, bl, _probability_step(up)), 1.0)

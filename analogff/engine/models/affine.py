@@ -12,29 +12,23 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..aot import static
 from ..kernels import _bridge, _log1p_ratio, _pulse_draw
-from ..moments import _moments_in
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
 
-@static("res")
 def _k_affine(hidden: Tensor, app: Tensor, ref: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor,
               m2_scale: float, key: Tensor, cu: Tensor, cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor,
               bd: Tensor, lo: Tensor, hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float,
-              constant: bool, mult: bool, persistent: bool, has_decay: bool, rows: bool = False, res: float = 0.0):
+              constant: bool, mult: bool, persistent: bool, has_decay: bool):
     """ConstantStep / LinearStep / SoftBounds(Reference): a batch of pulses in closed form.
 
     Up: ``v += au v + bu``, down: ``v -= ad v + bd`` (``v = w + reference``). n pulses of one sign
     are a geometric approach to the fixed point; both signs together integrate
     ``dv/dt = nu (au v + bu) - nd (ad v + bd)`` with per-pulse rates ``log(1 + a) / a`` (``lu``,
     ``ld``, ``cu = bu log(1 + au) / au``, ...), exact for one sign. ``key``: the call's random key
-    (:func:`analogff.engine.rng._bits`). ``rows``: the four moments are a row transfer's ``(u, a, px,
-    bl)`` with probability step ``res`` (:func:`~analogff.engine.moments._moments_in`). ``ref`` may
-    be 0-d (no reference device).
+    (:func:`analogff.engine.rng._bits`).
     """
-    mu_u, mu_d, m2_u, m2_d = _moments_in(mu_u, mu_d, m2_u, m2_d, rows, res)
     u, z1, z2 = _unpack(_bits(key, hidden))
     pulsed, nu, nd, r_u, r_d, ub, r_ud = _pulse_draw(mu_u, mu_d, m2_u, m2_d, m2_scale, u)
     v = hidden + ref
@@ -72,7 +66,6 @@ class AffineModel(DeviceModel):
     """A model whose step is affine in the weight; subclasses give the slopes ``(au, ad)``."""
 
     constant = False  #: zero slopes (ConstantStep): the kernel skips the geometric approach
-    fuses_rows = True
 
     def configure(self, arr: Any, cfg: Any, where: str) -> None:
         arr.mult = bool(cfg.mult_noise)
@@ -92,12 +85,11 @@ class AffineModel(DeviceModel):
 
     def apply(self, arr: Any, hidden: Tensor, app: Tensor, at: Callable[[Tensor], Tensor], shape: tuple[int, ...],
               mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float, rng: Any, decay: bool,
-              one_sign: bool, rows_res: float | None = None) -> tuple[Tensor, Tensor, Tensor, bool]:
-        rows = {} if rows_res is None else {"rows": True, "res": rows_res}
+              one_sign: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
         h, w, n = arr.k(_k_affine, hidden, app, at(arr.ref), mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(),
                         at(arr.cu), at(arr.cd), at(arr.lu), at(arr.ld), at(arr.au), at(arr.ad), at(arr.bu),
                         at(arr.bd), at(arr.bmin), at(arr.bmax), at(arr.p["decay_scales"]),
                         at(arr.p["reset_bias"]), sigma=arr.sigma, wn=arr.write_noise,
                         constant=self.constant, mult=arr.mult, persistent=arr.persistent,
-                        has_decay=decay, **rows)
+                        has_decay=decay)
         return h, w, n, False

@@ -23,8 +23,6 @@ from torch import Tensor
 class DeviceModel:
     """Base of the device models; ``name`` is the aihwkit class name it simulates."""
 
-    fuses_rows = False  #: apply() takes a row transfer (``rows_res``) and computes its moments in the kernel
-
     def __init__(self, name: str):
         self.name = name
 
@@ -43,12 +41,10 @@ class DeviceModel:
 
     def apply(self, arr: Any, hidden: Tensor, app: Tensor, at: Callable[[Tensor], Tensor], shape: tuple[int, ...],
               mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float, rng: Any, decay: bool,
-              one_sign: bool, rows_res: float | None = None) -> tuple[Tensor, Tensor, Tensor, bool]:
+              one_sign: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
         """One batch of pulses (coincidence moments ``mu``, ``m2``) on ``hidden`` / ``app`` (the
         apparent weights), both already restricted by ``at`` to the pulsed devices (``shape``).
-        ``decay``: also apply the once-per-batch decay if the kernel can. ``rows_res`` (only where
-        ``fuses_rows``): the moments are a row transfer's ``(u, a, px, bl)`` and its probability step,
-        :func:`~analogff.engine.moments._moments_in` inside the kernel. Returns ``(hidden, apparent,
+        ``decay``: also apply the once-per-batch decay if the kernel can. Returns ``(hidden, apparent,
         pulses, decay still to do)``."""
         raise NotImplementedError
 

@@ -15,7 +15,6 @@ from torch import Tensor
 
 from ..aot import static
 from ..kernels import _bridge, _pulse_draw
-from ..moments import _k_rowwise, _moments_in
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
@@ -63,21 +62,19 @@ def _exp_closed(w: Tensor, n: Tensor, r: Tensor, s: Tensor, zc: Tensor, lo: Tens
     return w1, var + (n * (sigma * sigma) * per2 + r * 0.5 * (st0 * st0 + st1 * st1)) * shrink, st1
 
 
-@static("A_up", "A_down", "g_up", "g_down", "res")  # torch.where(up, A_up, A_down) makes a float32 tensor
+@static("A_up", "A_down", "g_up", "g_down")  # torch.where(up, A_up, A_down) makes a float32 tensor
 def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float,
            key: Tensor,
            su: Tensor, sd: Tensor, zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor,
            reset_bias: Tensor, A_up: float, A_down: float, g_up: float, g_down: float, es_b: float, sigma: float,
            add: float, slope: float, cplx: bool, wn: float, persistent: bool, has_decay: bool, up_first: bool,
-           one_sign: bool = False, rows: bool = False, res: float = 0.0):
+           one_sign: bool = False):
     """ExpStep (small steps): up and down runs in closed form, one after the other.
 
     ``one_sign``: no device gets pulses of both signs (a row-by-row or mixed-precision transfer: one
     sample per device), so one run per device, of its own sign, does it; the other run would leave
     the device exactly as it is. Half the work, the same result. ``key``: the call's random key.
-    ``rows``: the moments are a row transfer's ``(u, a, px, bl)`` (:func:`~..moments._moments_in`).
     """
-    mu_u, mu_d, m2_u, m2_d = _moments_in(mu_u, mu_d, m2_u, m2_d, rows, res)
     u, z1, z2 = _unpack(_bits(key, hidden))
     pulsed, nu, nd, r_u, r_d, ub, r_ud = _pulse_draw(mu_u, mu_d, m2_u, m2_d, m2_scale, u)
     w = hidden
@@ -205,8 +202,6 @@ def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: 
 
 
 class ExpStep(DeviceModel):
-    fuses_rows = True  # (the exact-pulse kernel computes the moments first: apply())
-
     def configure(self, arr: Any, cfg: Any, where: str) -> None:
         c = cfg
         arr.mult = True
@@ -246,11 +241,7 @@ class ExpStep(DeviceModel):
 
     def apply(self, arr: Any, hidden: Tensor, app: Tensor, at: Callable[[Tensor], Tensor], shape: tuple[int, ...],
               mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float, rng: Any, decay: bool,
-              one_sign: bool, rows_res: float | None = None) -> tuple[Tensor, Tensor, Tensor, bool]:
-        if rows_res is not None and arr.exact_pulses:  # the exact-pulse kernel takes the moments
-            mu_u, mu_d, m2_u, m2_d = arr.k(_k_rowwise, mu_u, mu_d, m2_u, m2_d, rows_res)
-            rows_res = None
-        rows = {} if rows_res is None else {"rows": True, "res": rows_res}
+              one_sign: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
         A_up, A_down, g_up, g_down, es_b = arr.es
         cplx = arr.complex_noise
         add, slope = arr.noise_add_slope
@@ -267,7 +258,7 @@ class ExpStep(DeviceModel):
                         A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b, sigma=arr.sigma,
                         add=add, slope=slope, cplx=cplx, wn=arr.write_noise, persistent=arr.persistent,
                         has_decay=decay, up_first=arr.calls % 2 == 1,
-                        one_sign=one_sign, **rows)
+                        one_sign=one_sign)
         return h, w, n, False
 
     def pairs_with(self, arr: Any, other: Any) -> bool:
