@@ -46,6 +46,64 @@ def test_forward_dac_and_adc_stages_equal_aihwkits(path):
         assert not bool(passed[3]) and bool(passed_a) is False
 
 
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_fused_dac_and_adc_kernels_equal_aihwkits_stages(path):
+    """A plain read's fused kernels (the engine's forward path) give exactly aihwkit's DAC and, without
+    output noise, its ADC and bound test: NaN, zeros, inputs beyond the DAC range and an output
+    vector past the ADC bound included."""
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+    from analogff.engine.mvm import _k_adc, _k_dac, _step, plain_io
+
+    io = load_device(path).rpu_config().forward
+    if not plain_io(io):
+        pytest.skip("not a plain read: aihwkit's own path")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, IN, generator=g) * 3
+    x[0, :4] = torch.tensor([0.0, -0.0, float("nan"), 1.0])
+    scale = torch.rand(16, 1, generator=g) + 0.2
+    want = AnalogMVM._prepare_input(x, scale, True, False, io)
+    got = _k_dac(x, scale, _step(float(io.inp_res), float(io.inp_bound)), float(io.inp_bound))
+    assert torch.equal(want.isnan(), got.isnan()) and torch.equal(want.nan_to_num(), got.nan_to_num())
+    y = torch.randn(16, OUT, generator=g) * 15
+    y[3] = 40.0  # one vector past the ADC bound
+    y[5, 0] = float("nan")
+    quiet = copy.deepcopy(io)
+    quiet.out_noise = 0.0
+    _, want = AnalogMVM._finalize_output(y.clone(), quiet)
+    bound = float(io.out_bound) if io.out_bound > 0 else float("inf")
+    passed, got = _k_adc(y, torch.tensor(7), 0.0, _step(float(io.out_res), float(io.out_bound)), bound)
+    assert torch.equal(want.isnan(), got.isnan()) and torch.equal(want.nan_to_num(), got.nan_to_num())
+    step = _step(float(io.out_res), float(io.out_bound))
+    q = torch.round(y / step) * step if step > 0 else y
+    assert torch.equal(passed, q.abs().amax(1) <= bound)  # the per-vector bound test, NaN fails
+    assert not bool(passed[5]) and (io.out_bound <= 0 or not bool(passed[3]))
+
+
+def test_fused_output_noise_is_gaussian_of_the_configured_std_and_fresh_per_read():
+    """The forward's output noise (counter-based normals): mean 0, the profile's ``out_noise``
+    std, independent between reads and between outputs; seeded: the same stream reruns exactly."""
+    dev = load_device(DEVICES / "ecram.toml").with_overrides(forward__out_res=-1.0, forward__out_bound=1e6,
+                                                                forward__inp_res=-1.0)
+    from analogff.crossbar import Crossbar
+
+    def reads(seed: int):
+        xbar = Crossbar(250, 256, device=dev, seed=seed, engine="torch")  # < 65536 devices: eager kernels
+        x = torch.zeros(400, 250)
+        x[:, 0] = 1.0  # abs-max 1: the read is column 0 of W plus the output noise
+        w0 = xbar.engine.cell.weights()[:, 0]
+        return torch.stack([xbar.engine.forward(x) - w0 for _ in range(2)])
+
+    noise = reads(0)
+    sigma = float(dev.rpu_config().forward.out_noise)
+    assert abs(float(noise.mean())) < 4 * sigma / noise.numel() ** 0.5
+    assert abs(float(noise.std()) / sigma - 1) < 0.02
+    flat = noise.reshape(2, -1)
+    assert abs(float(torch.corrcoef(flat)[0, 1])) < 0.01  # two reads of the same input
+    assert abs(float(torch.corrcoef(torch.stack([noise[0, :, 0], noise[0, :, 1]]))[0, 1])) < 0.15
+    assert torch.equal(noise, reads(0)) and not torch.equal(noise, reads(1))
+
+
 @pytest.mark.parametrize("engine", ["torch", "aihwkit"])
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_a_vector_below_the_smallest_normal_float_reads_as_zero_not_nan(direction, engine):

@@ -75,7 +75,8 @@ class TorchPulsedEngine:
     def forward(self, x: Tensor, is_test: bool = False) -> Tensor:
         x = x.detach().to(self.device, torch.float32)
         with torch.no_grad(), _seeded(self.eval_rng if is_test else self.rng):
-            return self._mvm.matmul(self.cell.weights(), x, self.f_io, False, is_test=is_test, reads=self.reads)
+            return self._mvm.matmul(self.cell.weights(), x, self.f_io, False, is_test=is_test, reads=self.reads,
+                                    kernels=self.kernels)
 
     def backward(self, d: Tensor) -> Tensor:
         d = d.detach().to(self.device, torch.float32)

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .aot import static
 from .reads import Reads, normalised_input
-from .rng import _Rng
+from .rng import _Rng, _bits, _unpack
 
 
 def _quantize_(x: Tensor, res: float, bound: float) -> Tensor:
@@ -30,6 +31,47 @@ def _flush_tiny_vectors(x: Tensor) -> Tensor:
     if not x.is_floating_point() or x.numel() == 0:
         return x
     return torch.where(x.abs().amax(-1, keepdim=True) < torch.finfo(x.dtype).tiny, 0.0, x)
+
+
+def plain_io(io: Any) -> bool:
+    """Whether an MVM through ``io`` is only the DAC (scale, quantise, clip), the array, output noise
+    and the ADC (quantise, clip): one pass, no input or weight noise, no asymmetries, no stochastic
+    rounding, no output nonlinearity, IR drop or per-output noise. Such a read runs as two fused
+    kernels (:func:`_k_dac`, :func:`_k_adc`) around the matrix product."""
+    name = str(getattr(io.mv_type, "name", io.mv_type)).upper()
+    return not (name != "ONE_PASS" or bool(io.is_perfect) or float(io.inp_noise) > 0 or float(io.w_noise) > 0
+                or float(io.inp_asymmetry) != 0 or float(io.out_asymmetry) != 0 or bool(io.out_sto_round)
+                or bool(io.inp_sto_round) or float(getattr(io, "out_nonlinearity", 0.0)) > 0
+                or float(getattr(io, "ir_drop", 0.0)) > 0 or float(getattr(io, "out_noise_std", 0.0)) > 0)
+
+
+def _step(res: float, bound: float) -> float:
+    """aihwkit's quantisation step: ``res`` states (``res > 1``) or a fraction of the range [-bound, bound]."""
+    return ((1.0 / res if res > 1.0 else res) * 2.0 * bound) if res > 0 else 0.0
+
+
+@static("step", "bound")
+def _k_dac(x: Tensor, scale: Tensor, step: float, bound: float) -> Tensor:
+    """The DAC of a plain read (aihwkit's ``_prepare_input``, the same operations): the input times
+    its noise-management scale, quantised to ``step`` (0: off), clipped to ``bound`` (0: off)."""
+    x = x * scale
+    if step > 0:
+        x = torch.round(x / step) * step
+    return x.clamp(-bound, bound) if bound > 0 else x
+
+
+@static("step", "bound")
+def _k_adc(out: Tensor, key: Tensor, noise: float, step: float, bound: float):
+    """The output stage of a plain read (aihwkit's ``_finalize_output``): Gaussian output noise of
+    std ``noise`` (counter-based normals from ``key``, :func:`~.rng._bits`), the ADC's quantisation
+    to ``step`` (0: off) and clipping to ``bound`` (inf: none). Returns ``(passed, out)``: whether
+    each vector stayed within the bound (NaN fails), the clipped outputs."""
+    _, z, _ = _unpack(_bits(key, out))
+    o = out + noise * z
+    if step > 0:
+        o = torch.round(o / step) * step
+    passed = o.abs().amax(dim=-1) <= bound
+    return passed, o.clamp(-bound, bound)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,6 +110,25 @@ def _analog_mvm() -> type:
                     _quantize_(out_values, io_pars.out_res, io_pars.out_bound)
             passed = out_values.abs().amax(dim=-1) <= bound  # = all(-bound <= o <= bound), NaN fails
             return passed, out_values.clamp_(min=-bound, max=bound)
+
+        @classmethod
+        def _compute_analog_mv(cls, weight: Tensor, input_: Tensor, trans: bool, scale: Tensor | float, scaling: bool,
+                               is_test: bool, io_pars: Any, kernels: Any = None, **fwd_pars: Any):
+            """aihwkit's one-pass MVM; a plain read (:func:`plain_io`) with the engine's ``kernels``
+            runs as the fused DAC, the product and the fused output stage, its output noise drawn
+            from a key of the (seeded) global stream. Anything else: aihwkit's own path."""
+            if kernels is None or not plain_io(io_pars):
+                return super()._compute_analog_mv(weight=weight, input_=input_, trans=trans, scale=scale,
+                                                  scaling=scaling, is_test=is_test, io_pars=io_pars, **fwd_pars)
+            s = scale if scaling else 1.0
+            s = s if isinstance(s, Tensor) else torch.full((), float(s), device=input_.device, dtype=input_.dtype)
+            x = kernels(_k_dac, input_, s, _step(float(io_pars.inp_res), float(io_pars.inp_bound)),
+                        float(io_pars.inp_bound))
+            out = cls._matmul(weight, x, trans=trans)
+            key = torch.randint(-2**63, 2**63 - 1, (), device=out.device, dtype=torch.int64)
+            bound = float(io_pars.out_bound) if float(io_pars.out_bound) > 0 else float("inf")
+            return kernels(_k_adc, out, key, float(io_pars.out_noise),
+                           _step(float(io_pars.out_res), float(io_pars.out_bound)), bound)
 
         @classmethod
         def _prepare_input(cls, input_: Tensor, scale: Tensor, scaling: bool, with_asymmetry: bool,
