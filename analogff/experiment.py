@@ -170,9 +170,10 @@ class ExperimentConfig:
         readouts = {"recurrent": ("goodness",), "unsupervised": ("softmax",)}.get(self.variant)
         if readouts and self.predict not in ("auto", *readouts):
             raise ConfigError("predict", self.predict, f"{readouts[0]} or auto (the {self.variant} variant's readout)")
-        if self.ff.dropout > 0 and self.variant != "supervised":
-            raise ConfigError("ff.dropout", self.ff.dropout, f"0 (dropout is part of the supervised net's step, "
-                              f"not of the {self.variant} variant's)")
+        for name, off in (("dropout", 0.0), ("collaborative", False)):
+            if getattr(self.ff, name) != off and self.variant != "supervised":
+                raise ConfigError(f"ff.{name}", getattr(self.ff, name), f"{off} ({name} is part of the supervised "
+                                  f"net's step, not of the {self.variant} variant's)")
         if self.architecture is not None and self.variant != "unsupervised":
             raise ConfigError("architecture", self.architecture, "none (a named architecture needs --variant unsupervised)")
         hybrid = [m for m in self.methods if m in HYBRID_METHODS]

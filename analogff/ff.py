@@ -112,6 +112,9 @@ class FFConfig:
     weight_decay: float = 0.0
     cooldown: float = 0.5  #: last fraction of the epochs: lr decays linearly towards 0
     shift: int = 0  #: training images jittered by up to this many pixels (0: off)
+    collaborative: bool = False  #: layer collaboration (Lorberbom et al., AAAI 2024, arXiv 2305.12393): each layer's
+    #: loss sees the goodness summed over every layer, the other layers' as constants, so its error is still
+    #: local (one scalar per sample shared by the layers); the net's forward pass runs before any update
     dropout: float = 0.0  #: training only: every input value of layers 2.. (the normalised activities of the
     #: layer below) is zeroed with this probability and the rest scaled by 1 / (1 - p) (0: off)
     image_side: int = 28
@@ -162,6 +165,9 @@ class FFConfig:
             raise ValueError(f"FFConfig.dropout={self.dropout!r}; choose a probability in [0, 1)")
         if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
             raise ValueError(f"FFConfig.analog_init_range={self.analog_init_range!r}; choose a fraction in (0, 1]")
+        if self.collaborative and self.pairwise:
+            raise ValueError("FFConfig.collaborative=True with pairwise=True: choose one (pairwise learning "
+                             "trains a layer from the loss above it, collaboration from the goodness of all)")
         if self.negatives == "hard" and self.hard_source == "head" and not self.head:
             raise ValueError("hard negatives from the head need head=True (or hard_source='goodness')")
         self.betas = tuple(self.betas)
@@ -197,14 +203,17 @@ def symba_dloss(g_pos, g_neg, alpha: float = 4.0):
     return -s, s
 
 
-def ff_loss_and_error(h_pos, h_neg, cfg: FFConfig):
+def ff_loss_and_error(h_pos, h_neg, cfg: FFConfig, others: tuple | None = None):
     """Loss of one layer and its local error d = dL/dz, shape (2B, n), for [pos; neg] rows.
 
     With ``goodness_sign="min"`` the losses see s = -G (and the threshold -theta): positive data is
-    pushed below theta, negative data above it."""
+    pushed below theta, negative data above it. ``others`` (collaborative FF): the goodness of the
+    other layers for the positive and the negative rows, added to this layer's as constants."""
     if cfg.goodness not in ("sum", "mean") or cfg.goodness_sign != "max" or cfg.loss_fn != "logsigmoid":
-        return ff_loss_and_error_general(h_pos, h_neg, cfg)
+        return ff_loss_and_error_general(h_pos, h_neg, cfg, others)
     g_pos, g_neg = goodness(h_pos, cfg.goodness), goodness(h_neg, cfg.goodness)
+    if others is not None:
+        g_pos, g_neg = g_pos + others[0], g_neg + others[1]
     if cfg.loss == "symba":
         loss = symba_loss(g_pos, g_neg, cfg.alpha)
         dg_pos, dg_neg = symba_dloss(g_pos, g_neg, cfg.alpha)
@@ -467,6 +476,10 @@ class FFNet(LayerStackState, nn.Module):
 
         # Positive and negative data go through each layer together; each layer learns alone.
         inp = torch.cat([overlay_label(x, y, k, cfg.label_value), overlay_label(x, y_neg, k, cfg.label_value)])
+        if cfg.collaborative:
+            out["layer_losses"] = losses = self._collaborative_step(inp, b, generator, lr, epoch)
+            out["loss"] = sum(losses)
+            return out
         losses = []
         below = None  # pairwise learning: (layer, its input, its activities), waiting for the error from above
         for i, layer in enumerate(self.layers):
@@ -477,14 +490,7 @@ class FFNet(LayerStackState, nn.Module):
                 continue
             loss, d = ff_loss_and_error(h[:b], h[b:], cfg)
             self.counters += cost.ff_layer_loss(b, h.shape[1])
-            if cfg.peer_norm > 0:
-                running = getattr(self, f"peer_mean{i}")
-                p_loss, d_peer, r = peer_norm_loss_and_error(h[:b], running, cfg.peer_norm)
-                d[:b] += d_peer
-                running.copy_(r)
-                loss = loss + p_loss
-                n = h.shape[1]  # the batch mean, r, its deviations, the error: per value and per unit
-                self.counters += OpCounts(digital_ops=3 * b * n + 4 * n, digital_mults=2 * b * n + 4 * n)
+            loss = self._peer_norm(i, h, b, d, loss)
             _check_finite(loss, f"layer {i}", epoch, lr)
             next_inp = self.normalize(i, h, update_stats=True)  # (last layer: for the head / BN stats)
             if below is not None:  # before this layer's update: the error crosses its current weights
@@ -498,6 +504,49 @@ class FFNet(LayerStackState, nn.Module):
         out["layer_losses"] = losses
         out["loss"] = sum(losses)
         return out
+
+    def _collaborative_step(self, inp: torch.Tensor, b: int, generator: torch.Generator, lr: float,
+                            epoch: int | None) -> list[float]:
+        """Layer collaboration (``config.collaborative``): the forward pass of every layer first, then
+        each layer's local error from the goodness summed over all layers (its own varying, the
+        others' constant), then the updates. Returns the layer losses (each the loss of the total)."""
+        cfg = self.config
+        inputs, hs = [], []
+        for i, layer in enumerate(self.layers):
+            h = self._relu(layer(inp))
+            inputs.append(inp)
+            hs.append(h)
+            if i + 1 < len(self.layers):
+                inp = self._dropout(self.normalize(i, h, update_stats=True), generator)
+            else:
+                self.normalize(i, h, update_stats=True)  # (the BN statistics of the last layer, for the head)
+        g = [goodness(h, cfg.goodness, cfg.goodness_p) for h in hs]
+        total = torch.stack(g).sum(0)  # (2B,): the goodness of every layer, added per row
+        if len(hs) > 1:  # per row: the layers' goodness added, then each layer's own taken off
+            self.counters += OpCounts(digital_ops=(len(hs) - 1) * 2 * b + len(hs) * 2 * b)
+        losses = []
+        for i, (layer, x_i, h) in enumerate(zip(self.layers, inputs, hs)):
+            rest = total - g[i]
+            loss, d = ff_loss_and_error(h[:b], h[b:], cfg, others=(rest[:b], rest[b:]))
+            self.counters += cost.ff_layer_loss(b, h.shape[1])
+            loss = self._peer_norm(i, h, b, d, loss)
+            _check_finite(loss, f"layer {i}", epoch, lr)
+            layer.apply_update(x_i, d, lr)
+            losses.append(float(loss))
+        return losses
+
+    def _peer_norm(self, i: int, h: torch.Tensor, b: int, d: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """Peer normalisation of layer i (``config.peer_norm``, 0: off): its error added to the positive
+        rows of d (in place), its running means kept; returns the loss with it."""
+        if self.config.peer_norm <= 0:
+            return loss
+        running = getattr(self, f"peer_mean{i}")
+        p_loss, d_peer, r = peer_norm_loss_and_error(h[:b], running, self.config.peer_norm)
+        d[:b] += d_peer
+        running.copy_(r)
+        n = h.shape[1]  # the batch mean, r, its deviations, the error: per value and per unit
+        self.counters += OpCounts(digital_ops=3 * b * n + 4 * n, digital_mults=2 * b * n + 4 * n)
+        return loss + p_loss
 
     def _dropout(self, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Inverted dropout of a layer's input (``config.dropout``): the periphery draws one uniform

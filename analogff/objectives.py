@@ -59,11 +59,15 @@ def margin_loss(m: torch.Tensor, fn: str = "logsigmoid") -> tuple[torch.Tensor, 
     return 1.0 - s, -s * (1.0 - s)
 
 
-def ff_loss_and_error_general(h_pos, h_neg, cfg: "FFConfig"):
-    """:func:`analogff.ff.ff_loss_and_error` for any goodness kind, sign and margin loss f (``cfg.loss_fn``)."""
+def ff_loss_and_error_general(h_pos, h_neg, cfg: "FFConfig", others: tuple | None = None):
+    """:func:`analogff.ff.ff_loss_and_error` for any goodness kind, sign and margin loss f (``cfg.loss_fn``);
+    ``others``: the other layers' goodness of the positive and negative rows (collaborative FF)."""
     sgn = 1.0 if cfg.goodness_sign == "max" else -1.0
     kind, p = cfg.goodness, cfg.goodness_p
-    s_pos, s_neg = sgn * goodness(h_pos, kind, p), sgn * goodness(h_neg, kind, p)
+    g_pos, g_neg = goodness(h_pos, kind, p), goodness(h_neg, kind, p)
+    if others is not None:
+        g_pos, g_neg = g_pos + others[0], g_neg + others[1]
+    s_pos, s_neg = sgn * g_pos, sgn * g_neg
     b = s_pos.shape[0]
     if cfg.loss == "hinton":
         th = sgn * cfg.theta

@@ -87,6 +87,11 @@ def test_hidden_nxk_and_variant_options_one_line_errors():
         ExperimentConfig(architecture="hinton_local").validate()
     with pytest.raises(ConfigError, match="probe_samples"):
         ExperimentConfig(probe_samples=-1).validate()
+    from analogff.ff import FFConfig
+
+    for field, value in (("dropout", 0.1), ("collaborative", True)):
+        with pytest.raises(ConfigError, match=f"ff.{field}.*supervised net's step"):
+            ExperimentConfig(variant="recurrent", ff=FFConfig(**{field: value})).validate()
 
 
 def test_refuses_to_overwrite_without_resume(run_dir, capsys):

@@ -273,7 +273,7 @@ def test_peer_norm_error_matches_autograd_and_pulls_units_to_their_peers():
 
 @pytest.mark.parametrize("opts", [{"goodness": "abs"}, {"goodness": "pnorm", "goodness_p": 3.0},
                                   {"goodness_sign": "min"}, {"loss_fn": "sigmoid", "alpha": 2.0},
-                                  {"peer_norm": 0.03}, {"dropout": 0.2}])
+                                  {"peer_norm": 0.03}, {"dropout": 0.2}, {"collaborative": True}])
 def test_each_option_learns_the_synthetic_task(opts):
     from analogff.train import train_ff
 
@@ -318,3 +318,56 @@ def test_dropout_zeroes_the_upper_layers_inputs_in_training_only_and_is_counted(
     assert nets[0.5][1] - nets[0.0][1] == 2 * 64 * 32  # one multiply per value of the dropped input
     a, b = tiny_net(dropout=0.5), tiny_net()
     assert torch.equal(a.goodness_per_label(x), b.goodness_per_label(x))  # evaluation: no dropout
+
+
+@pytest.mark.parametrize("opts", [{}, {"loss": "hinton", "goodness": "mean"}, {"goodness": "pnorm", "goodness_p": 3.0},
+                                  {"goodness_sign": "min", "loss_fn": "sigmoid"}])
+def test_collaborative_errors_are_autograds_of_the_total_goodness_with_the_other_layers_fixed(opts):
+    """Layer collaboration: layer i's error is dL/dz_i of the loss of the goodness summed over all
+    layers, the other layers' goodness held constant (autograd through detached copies)."""
+    cfg = FFConfig(alpha=0.7, theta=2.0, **opts)
+    g = torch.Generator().manual_seed(1)
+    zs = [torch.randn(2 * 5, n, generator=g, dtype=torch.float64) for n in (7, 4, 6)]
+    for i in range(3):
+        z = zs[i].clone().requires_grad_(True)
+        hs = [torch.relu(z) if j == i else torch.relu(zs[j]) for j in range(3)]
+        gs = [goodness(h, cfg.goodness, cfg.goodness_p) for h in hs]
+        tot = sum(gs)
+        sgn = 1.0 if cfg.goodness_sign == "max" else -1.0
+        sp, sn = sgn * tot[:5], sgn * tot[5:]
+        f = (lambda m: torch.nn.functional.softplus(-m)) if cfg.loss_fn == "logsigmoid" else (lambda m: 1 - torch.sigmoid(m))
+        if cfg.loss == "hinton":
+            ref = (f(sp - sgn * cfg.theta) + f(sgn * cfg.theta - sn)).mean()
+        else:
+            ref = f(cfg.alpha * (sp - sn)).mean()
+        ref.backward()
+        rest = (tot - gs[i]).detach()
+        loss, d = ff_loss_and_error(hs[i][:5].detach(), hs[i][5:].detach(), cfg, others=(rest[:5], rest[5:]))
+        assert torch.allclose(loss, ref.detach()) and torch.allclose(d, z.grad, atol=1e-12)
+
+
+def test_collaborative_step_updates_every_layer_from_its_pre_update_input_and_is_counted():
+    """The collaborative step: the whole forward pass before any update (each layer's update sees
+    the inputs the pass gave it), one shared scalar per sample, the sums counted; with a single
+    layer it is the plain FF step."""
+    x, y = synthetic(64)
+    for n_layers in (1, 2):
+        dims = [784] + [32] * n_layers
+        nets = [FFNet(dims, config=FFConfig(lr=1e-2, head=False, negatives="random", collaborative=c))
+                for c in (False, True)]
+        seen = {}
+        for net in nets:
+            first = net.layers[0]
+            real = first.apply_update
+            first.apply_update = (lambda real, net: lambda inp, d, lr: (seen.setdefault(id(net), d.clone()),
+                                                                        real(inp, d, lr)))(real, net)
+            net.train_step(x, y, torch.Generator().manual_seed(0))
+        plain, collab = (seen[id(n)] for n in nets)
+        extra = nets[1].counters.digital_ops - nets[0].counters.digital_ops
+        if n_layers == 1:
+            assert torch.equal(plain, collab) and extra == 0
+        else:  # the second layer's goodness changes the first layer's error; the sums are counted
+            assert not torch.allclose(plain, collab)
+            assert extra == (1 + 2) * 2 * 64
+    with pytest.raises(ValueError, match="collaborative"):
+        FFConfig(collaborative=True, pairwise=True)
