@@ -8,13 +8,15 @@ AOTInductor into a ``.pt2`` package under ``~/.cache/analogff/kernels`` (``$ANAL
 and loads it with torch's C++ package loader (``torch._C._aoti.AOTIModelPackageLoader``): no Dynamo,
 no Inductor import, no tracing, and about 20 us of host time per call instead of Dynamo's guards.
 
-A package is one kernel for one *signature*: the kernel's source (every module of
-``analogff/engine``), torch's version, the CPU's vector ISA and torch's thread count (inductor
-bakes both into the code), and per argument: a tensor's dtype, rank and which dims are 1 (the other
-dims are dynamic sizes), a float (a 0-d float64 tensor input: it may change from call to call), or
-the value of a bool, int, string or of a float named in :func:`static` (those select code paths and
-are baked in). Packages are written to a temporary name and renamed, so processes that compile the
-same kernel at once (a sweep's workers) never read half a file.
+A package is one kernel for one *signature*: the code of every module of ``analogff/engine`` (a
+kernel calls helpers across them; docstrings and comments do not count), torch's version, the CPU's
+vector ISA and torch's thread count (inductor bakes both into the code), and per argument: a
+tensor's dtype, rank and which dims are 1 (the other dims are dynamic sizes), a float (a 0-d float64
+tensor input: it may change from call to call), or the value of a bool, int, string or of a float
+named in :func:`static` (those select code paths and are baked in). A new package is run once on its
+call's arguments and checked against the eager kernel before it is stored. Packages are written
+to a temporary name and renamed, so processes that compile the same kernel at once (a sweep's
+workers) never read half a file.
 
 Only the CPU uses packages (``Kernels`` keeps ``torch.compile`` on other devices: AOTInductor on a GPU
 is untested here). ``ANALOGFF_KERNEL_CACHE=off`` goes back to ``torch.compile``.
