@@ -32,9 +32,11 @@ part is added digitally), "differential" (also: deeper analog layers read the tr
 each trial's small difference, so the read noise that separates the labels shrinks with that
 difference's range; benchmarks/readout.py measures why this matters on Fashion-MNIST).
 
-Not implemented: the Trifecta's "overlapping updates" (each block's loss also updates the block
-below). It sends an error through W^T, i.e. a transposed MVM on an analog array, which is exactly
-what FF is meant to avoid here.
+Variants of the step (``FFConfig``): ``pairwise``, the Trifecta's overlapping updates (on alternate
+steps a layer's loss also trains the layer below, through W^T: a transposed MVM on an array, counted
+as such; :mod:`analogff.pairwise`); ``collaborative``, layer collaboration (each layer's error from
+the goodness summed over all layers, the others' constant: the whole forward pass comes before
+the updates); ``dropout`` of the upper layers' inputs; the design space of :mod:`analogff.objectives`.
 
 Operation counts: the net counts its digital work into ``net.counters`` (an
 :class:`analogff.energy.OpCounts`) with the primitive costs of :mod:`analogff.accounting`, one call
