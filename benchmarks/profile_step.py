@@ -2,8 +2,8 @@
 
 The main job's step of one 784 x 500 layer (as ``engine_speed.py`` times it): the forward MVM of 200
 MNIST rows and the periphery's Adam step transferred row by row (``update_rows``). Prints the
-wall-clock ms and the page faults of each of the first ``--steps`` steps (the first ones include
-``torch.compile``), then, for the profiles named in ``--profile-ops``, torch.profiler tables of 5 more
+wall-clock ms and the page faults of each of the first ``--steps`` steps (the first one compiles the
+kernels, or loads their packages from the cache of ``analogff.engine.aot``: shown, not hidden), then, for the profiles named in ``--profile-ops``, torch.profiler tables of 5 more
 steps sorted by device and by host time (on CUDA: GPU kernel time per step against host time, and
 the number of launches). Like the main job, it calls ``experiment.keep_freed_memory()`` unless
 ``--no-keep-freed``.
