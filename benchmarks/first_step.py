@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", nargs="+", default=["ecram", "pcm", "mp_reram_es", "ecram_cttv2"])
     p.add_argument("--torch-compile", nargs="*", default=None, metavar="PROFILE",
                    help="also time the torch.compile path (no names: every profile)")
+    p.add_argument("--warm-only", metavar="CACHE", default=None,
+                   help="only the warm process (and eager), on this existing package cache (e.g. "
+                        "~/.cache/analogff/kernels after the profiles' kernels were compiled): every profile quickly")
+    p.add_argument("--all", action="store_true", help="every profile in devices/")
     args = p.parse_args(argv)
+    if args.all:
+        args.profiles = sorted(q.stem for q in (ROOT / "devices").glob("*.toml"))
     imports = _child(IMPORT_COST, env={})
     print(f"import torch._dynamo {imports['dynamo_import_s']:.2f} s, torch._inductor.compile_fx "
           f"{imports['inductor_import_s']:.2f} s (a fresh process, after torch)")
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 tempfile.TemporaryDirectory(prefix="inductor_tc_") as cache_tc:
             pkg = {"TORCHINDUCTOR_CACHE_DIR": cache, "ANALOGFF_KERNEL_CACHE": kernels, "ANALOGFF_COMPILE": "1"}
             runs = [("cold", pkg), ("warm", pkg)]
+            if args.warm_only:
+                runs = [("warm", {**pkg, "ANALOGFF_KERNEL_CACHE": str(Path(args.warm_only).expanduser())})]
             if tc:
                 off = {"TORCHINDUCTOR_CACHE_DIR": cache_tc, "ANALOGFF_KERNEL_CACHE": "off", "ANALOGFF_COMPILE": "1"}
                 runs += [("tc-cold", off), ("tc-warm", off)]
