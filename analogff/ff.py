@@ -123,6 +123,8 @@ class FFConfig:
     analog_update: str = "auto"  #: AnalogLayer update: "auto" (onarray on a transfer compound, else adam) | "adam" |
     #: "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1) | "onarray" (the transfer compound's own learning)
     analog_bias: bool = True  #: analog layers get a bias row (a constant-1 input) on the array
+    analog_reads: int = 1  #: analog layers read every forward MVM this many times and average the ADC
+    #: outputs (training and evaluation): read noise / sqrt(reads), reads x the read energy, all counted
     analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
     #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
     #: less headroom before the bound). None: the profile's [mapping] init_range
@@ -160,6 +162,8 @@ class FFConfig:
         if isinstance(self.peer_norm, bool) or not isinstance(self.peer_norm, (int, float)) \
                 or not math.isfinite(self.peer_norm) or self.peer_norm < 0:
             raise ValueError(f"FFConfig.peer_norm={self.peer_norm!r}; choose a finite coefficient >= 0")
+        if isinstance(self.analog_reads, bool) or not isinstance(self.analog_reads, int) or self.analog_reads < 1:
+            raise ValueError(f"FFConfig.analog_reads={self.analog_reads!r}; choose an integer >= 1")
         if isinstance(self.label_reads, bool) or not isinstance(self.label_reads, int) or self.label_reads < 1:
             raise ValueError(f"FFConfig.label_reads={self.label_reads!r}; choose an integer >= 1")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
@@ -315,7 +319,7 @@ class FFNet(LayerStackState, nn.Module):
                 layers.append(AnalogLayer(n_in, n_out, device=device, update=cfg.analog_update,
                                           bias=cfg.analog_bias, momentum=cfg.momentum, betas=cfg.betas,
                                           seed=cfg.seed * 1000 + i, engine=cfg.engine, counters=self.counters,
-                                          init_range=cfg.analog_init_range,
+                                          init_range=cfg.analog_init_range, reads=cfg.analog_reads,
                                           input_gain=math.sqrt(n_in) if i > 0 and cfg.norm == "length" else 1.0,
                                           crossbar=None if crossbar_factory is None else
                                           crossbar_factory(n_in + int(cfg.analog_bias), n_out, cfg.seed * 1000 + i)))

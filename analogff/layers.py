@@ -231,6 +231,8 @@ class AnalogLayer(nn.Module):
       transfer into H (how fast the weights follow A). State: what the algorithm keeps (H, AGAD's
       references, the choppers), counted by the crossbar.
 
+    ``reads``: each forward MVM reads the array this many times, averaged (``Crossbar(reads=)``).
+
     ``crossbar``: any object with ``forward(x)``, ``update(x, d, lr)``, ``update_rows(u, lr)``
     (momentum, adam) and ``counters`` (tests
     pass a fake); by default an ``analogff.crossbar.Crossbar`` built from ``device``.
@@ -239,7 +241,8 @@ class AnalogLayer(nn.Module):
     def __init__(self, n_in: int, n_out: int, *, device=None, update: str = "auto",
                  bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                  norm_stat: str = "rms", seed: int = 0, engine: str = "torch", crossbar=None,
-                 counters: OpCounts | None = None, input_gain: float = 1.0, init_range: float | None = None):
+                 counters: OpCounts | None = None, input_gain: float = 1.0, init_range: float | None = None,
+                 reads: int = 1):
         super().__init__()
         if update not in ANALOG_UPDATES:
             raise ValueError(f"update={update!r}; choose one of {ANALOG_UPDATES}")
@@ -258,7 +261,7 @@ class AnalogLayer(nn.Module):
             if device is None:
                 raise ValueError("an analog layer needs a device profile (DeviceProfile or TOML path)")
             crossbar = Crossbar(n_in + int(bias), n_out, device=device, seed=seed, engine=engine,
-                                init_range=init_range)
+                                init_range=init_range, reads=reads)
         self.xbar = crossbar
         transfer = getattr(crossbar, "transfer", None)
         update = self.update = resolve_analog_update(update, transfer)

@@ -193,7 +193,7 @@ class LocalAnalogLayer(_LocalGeometry):
     def __init__(self, in_shape: tuple[int, int, int], spec: LocalSpec, *, layout: str = "hwc", device=None,
                  update: str = "auto", bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999),
                  seed: int = 0, engine: str = "torch", init_range: float | None = None, input_gain: float = 1.0,
-                 crossbar_factory: Callable | None = None, counters: OpCounts | None = None):
+                 crossbar_factory: Callable | None = None, counters: OpCounts | None = None, reads: int = 1):
         super().__init__()
         self._setup(in_shape, spec, layout)
         self.counters = counters if counters is not None else OpCounts()
@@ -201,7 +201,7 @@ class LocalAnalogLayer(_LocalGeometry):
         self.tiles = nn.ModuleList([
             AnalogLayer(self.window, spec.channels, device=device, update=update, bias=bias, momentum=momentum,
                         betas=betas, seed=seed + l, engine=engine, counters=self.counters, input_gain=input_gain,
-                        init_range=init_range,
+                        init_range=init_range, reads=reads,
                         crossbar=None if crossbar_factory is None else
                         crossbar_factory(self.window + int(bias), spec.channels, seed + l))
             for l in range(self.n_locations)])

@@ -172,7 +172,7 @@ class RecurrentFFNet(LayerStackState, nn.Module):
             return AnalogLayer(n_in, n_out, device=device, update=cfg.analog_update, bias=bias,
                                momentum=cfg.momentum, betas=cfg.betas, seed=seed, engine=cfg.engine,
                                counters=self.counters, init_range=cfg.analog_init_range, input_gain=gain,
-                               crossbar=None if crossbar_factory is None else
+                               reads=cfg.analog_reads, crossbar=None if crossbar_factory is None else
                                crossbar_factory(n_in + int(bias), n_out, seed))
 
         hidden = dims[1:-1]

@@ -215,7 +215,7 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
                 out.append(AnalogLayer(n_in, n_out, device=device, update=cfg.analog_update, bias=cfg.analog_bias,
                                        momentum=cfg.momentum, betas=cfg.betas, seed=seed, engine=cfg.engine,
                                        counters=self.counters, init_range=cfg.analog_init_range,
-                                       input_gain=math.sqrt(n_in) if i > 0 else 1.0,
+                                       reads=cfg.analog_reads, input_gain=math.sqrt(n_in) if i > 0 else 1.0,
                                        crossbar=None if factory is None else
                                        factory(n_in + int(cfg.analog_bias), n_out, seed)))
         return out
@@ -234,7 +234,7 @@ class UnsupervisedFFNet(LayerStackState, nn.Module):
                 lay = LocalAnalogLayer(shape, spec, layout=layout, device=device, update=cfg.analog_update,
                                        bias=cfg.analog_bias, momentum=cfg.momentum, betas=cfg.betas,
                                        seed=cfg.seed * 1_000_000 + i * 1000, engine=cfg.engine,
-                                       init_range=cfg.analog_init_range,
+                                       init_range=cfg.analog_init_range, reads=cfg.analog_reads,
                                        input_gain=math.sqrt(window) if i > 0 else 1.0,
                                        crossbar_factory=factory, counters=self.counters)
             out.append(lay)

@@ -289,7 +289,8 @@ def test_each_option_learns_the_synthetic_task(opts):
 def test_design_space_options_are_checked():
     for field, bad in [("goodness", "cube"), ("goodness_sign", "up"), ("loss_fn", "tanh"), ("goodness_p", 0.0),
                        ("goodness_p", float("nan")), ("peer_norm", -0.1), ("peer_norm", float("inf")),
-                       ("dropout", 1.0), ("dropout", -0.1), ("dropout", True)]:
+                       ("dropout", 1.0), ("dropout", -0.1), ("dropout", True), ("analog_reads", 0),
+                       ("analog_reads", 1.5)]:
         with pytest.raises(ValueError, match=field):
             FFConfig(**{field: bad})
 
