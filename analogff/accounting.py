@@ -299,10 +299,17 @@ def ff_step_counts(dims: Sequence[int], batch: int, config: Any = None, layer: s
     dram = state_in_dram(_ff_resident(dims, layer, cfg, head_in), sram_capacity_bytes)
     bias = cfg.analog_bias
 
+    reads = int(getattr(cfg, "analog_reads", 1))
+
     def fwd(rows_b: int, n_in: int, n_out: int) -> OpCounts:
         if layer == "digital":
             return linear_forward(rows_b, n_in, n_out, True, dram)
-        return analog_periphery_io(rows_b, n_in, n_out) + crossbar_forward(rows_b, n_in + int(bias), n_out)
+        c = analog_periphery_io(rows_b, n_in, n_out)
+        for _ in range(reads):  # AnalogLayer.read: every read a crossbar MVM, then their mean
+            c += crossbar_forward(rows_b, n_in + int(bias), n_out)
+        if reads > 1:
+            c += OpCounts(digital_ops=(reads - 1) * rows_b * n_out, digital_mults=rows_b * n_out)
+        return c
 
     def norm(rows_b: int, n: int, update_stats: bool = False) -> OpCounts:
         return length_norm(rows_b, n) if cfg.norm == "length" else batch_norm(rows_b, n, update_stats)

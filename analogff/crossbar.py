@@ -147,16 +147,10 @@ class Crossbar(nn.Module):
         engine: str = "torch",
         init_range: float | None = None,
         w_scale: float | None = None,
-        reads: int = 1,
     ):
         super().__init__()
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if isinstance(reads, bool) or not isinstance(reads, int) or reads < 1:
-            raise ValueError(f"reads must be an integer >= 1, got {reads!r}")
-        #: every forward MVM reads the array this many times and the periphery averages the ADC
-        #: outputs: the read noise falls by sqrt(reads), every read is counted and priced
-        self.reads = reads
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
         self.profile = device if isinstance(device, DeviceProfile) else load_device(device)
@@ -217,16 +211,9 @@ class Crossbar(nn.Module):
             x2 = xr.new_zeros(xr.shape[0], self.in_features)
             x2[:, idx.to(x2.device)] = xr
             n_driven = idx.numel()
-        y = None
-        for _ in range(self.reads):
-            self._count_forward(x2, n_driven)
-            r = self.engine.forward(x2, is_test=not self.training)
-            self._add_reads(n_driven=n_driven)  # bound-management retries
-            y = r if y is None else y + r
-        if self.reads > 1:  # the periphery's mean of the reads: adds and one multiply per output
-            n = x2.shape[0] * self.out_features
-            self._counters += OpCounts(digital_ops=(self.reads - 1) * n, digital_mults=n)
-            y = y / self.reads
+        self._count_forward(x2, n_driven)
+        y = self.engine.forward(x2, is_test=not self.training)
+        self._add_reads(n_driven=n_driven)  # bound-management retries
         return (y * self.w_scale).to(x.device).reshape(*x.shape[:-1], self.out_features)
 
     def update(self, x: Tensor, d: Tensor, lr: float) -> None:

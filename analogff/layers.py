@@ -11,6 +11,8 @@ Counts: each layer adds its digital work to ``self.counters`` with the primitive
 
 from __future__ import annotations
 
+import inspect
+
 import math
 
 import torch
@@ -231,7 +233,8 @@ class AnalogLayer(nn.Module):
       transfer into H (how fast the weights follow A). State: what the algorithm keeps (H, AGAD's
       references, the choppers), counted by the crossbar.
 
-    ``reads``: each forward MVM reads the array this many times, averaged (``Crossbar(reads=)``).
+    ``reads``: every forward MVM (:meth:`read`) reads the array this many times and the periphery
+    averages the outputs: the read noise falls by sqrt(reads); every read is a counted crossbar read.
 
     ``crossbar``: any object with ``forward(x)``, ``update(x, d, lr)``, ``update_rows(u, lr)``
     (momentum, adam) and ``counters`` (tests
@@ -253,6 +256,9 @@ class AnalogLayer(nn.Module):
         # computes the same W x + b, but a length-normalised input (norm 1, entries ~1/sqrt(n))
         # uses the DAC's full range instead of a few of its levels next to the bias row's 1.
         self.input_gain = float(input_gain)
+        if isinstance(reads, bool) or not isinstance(reads, int) or reads < 1:
+            raise ValueError(f"reads={reads!r}; choose an integer >= 1")
+        self.reads = reads
         self.update, self.momentum, self.betas = update, momentum, tuple(betas)
         self.eps, self.norm_stat = eps, norm_stat
         if crossbar is None:
@@ -261,7 +267,7 @@ class AnalogLayer(nn.Module):
             if device is None:
                 raise ValueError("an analog layer needs a device profile (DeviceProfile or TOML path)")
             crossbar = Crossbar(n_in + int(bias), n_out, device=device, seed=seed, engine=engine,
-                                init_range=init_range, reads=reads)
+                                init_range=init_range)
         self.xbar = crossbar
         transfer = getattr(crossbar, "transfer", None)
         update = self.update = resolve_analog_update(update, transfer)
@@ -289,8 +295,31 @@ class AnalogLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.counters += cost.analog_periphery_io(x.shape[0], self.n_in, self.n_out)  # activations
-        y = self.xbar.forward(self._rows(x))
+        y = self.read(self._rows(x))
         return y / self.input_gain if self.input_gain != 1.0 else y
+
+    def read(self, values: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The array's output for ``values`` on all its rows, or on ``rows`` only (the others held at 0 V),
+        in array units (times the input gain): ``reads`` crossbar reads averaged by the periphery
+        (its adds and multiply counted). A crossbar without row selection (a test's fake) is driven
+        with zeros on the other rows."""
+        def once() -> torch.Tensor:
+            if rows is None:
+                return self.xbar.forward(values)
+            if "rows" in inspect.signature(self.xbar.forward).parameters:
+                return self.xbar.forward(values, rows=rows)
+            full = values.new_zeros(values.shape[0], self.n_in + int(self.bias))
+            full[:, rows.to(values.device)] = values
+            return self.xbar.forward(full)
+
+        y = once()
+        if self.reads > 1:
+            for _ in range(self.reads - 1):
+                y = y + once()
+            n = y.numel()
+            self.counters += OpCounts(digital_ops=(self.reads - 1) * n, digital_mults=n)
+            y = y / self.reads
+        return y
 
     def error_through(self, d: torch.Tensor) -> torch.Tensor:
         """The error at this layer's input, W^T d (B, n_in), from the error d (B, n_out) at its

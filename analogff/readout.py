@@ -20,7 +20,6 @@ reads and 0.4 pp with the differential read, at 44 % less inference energy.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING
 
 import torch
@@ -81,18 +80,12 @@ def first_layer_trials(net: "FFNet", x: torch.Tensor) -> torch.Tensor:
     return (z_img.unsqueeze(0) + z_lab.to(z_img).unsqueeze(1)).reshape(k * b, n_out)
 
 def analog_read(net: "FFNet", lay: AnalogLayer, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """One read of an analog layer's array driving only ``rows`` (array rows, the bias row
-    included) with ``values`` (B, len(rows)), already scaled by the layer's input gain; the
-    output in the layer's units (divided by the gain). A crossbar without row selection (a
-    test's fake) is driven with zeros on the other rows."""
+    """A read of an analog layer's array driving only ``rows`` (array rows, the bias row included)
+    with ``values`` (B, len(rows)), already scaled by the layer's input gain (``AnalogLayer.read``:
+    its ``reads`` averaged); the output in the layer's units (divided by the gain)."""
     b = values.shape[0]
     net.counters += cost.analog_periphery_io(b, rows.numel(), lay.n_out)
-    if "rows" in inspect.signature(lay.xbar.forward).parameters:
-        y = lay.xbar.forward(values, rows=rows)
-    else:
-        full = values.new_zeros(b, lay.n_in + int(lay.bias))
-        full[:, rows.to(values.device)] = values
-        y = lay.xbar.forward(full)
+    y = lay.read(values, rows)
     return y / lay.input_gain if lay.input_gain != 1.0 else y
 
 def differential_read(net: "FFNet", lay: AnalogLayer, inp: torch.Tensor, k: int, b: int) -> torch.Tensor:

@@ -293,25 +293,3 @@ def test_forward_rejects_bad_rows():
     with pytest.raises(ValueError, match="last dimension 2"):
         xbar.forward(torch.ones(2, 3), rows=torch.tensor([0, 1]))
 
-
-def test_repeated_reads_average_the_noise_down_and_count_every_read():
-    """Crossbar(reads=k): k reads averaged, so the read noise's std falls by sqrt(k); every read's
-    MVMs, conversions and read energy are counted (k times one read's), plus the periphery's mean."""
-    dev = load_device(DEVICES / "ecram.toml").with_overrides(forward__out_res=-1.0, forward__out_bound=1e6,
-                                                                forward__inp_res=-1.0)
-    x = torch.zeros(300, 40)
-    x[:, 0] = 1.0
-    stds, counts = {}, {}
-    for k in (1, 4):
-        xbar = Crossbar(40, 64, device=dev, seed=0, engine="torch", reads=k).eval()
-        exact = xbar.get_weights()[:, 0]
-        stds[k] = float((xbar.forward(x) - exact).std())
-        counts[k] = xbar.counters
-    assert abs(stds[4] / stds[1] - 0.5) < 0.05
-    one, four = counts[1], counts[4]
-    assert (four.mvms, four.dac_conversions, four.adc_conversions, four.device_reads) == \
-        (4 * one.mvms, 4 * one.dac_conversions, 4 * one.adc_conversions, 4 * one.device_reads)
-    assert abs(four.read_v2g_W / one.read_v2g_W - 4) < 1e-9
-    assert (four.digital_ops, four.digital_mults) == (one.digital_ops + 3 * 300 * 64, one.digital_mults + 300 * 64)
-    with pytest.raises(ValueError, match="reads must be an integer >= 1"):
-        Crossbar(4, 4, device=dev, reads=0)

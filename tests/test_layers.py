@@ -152,3 +152,53 @@ def test_error_through_is_the_transposed_product_and_is_counted():
     assert torch.corrcoef(torch.stack([out.flatten(), (dd @ w).flatten()]))[0, 1] > 0.9  # noisy, ADC-quantised
     c = real.xbar.counters
     assert (c.backward_mvms, c.backward_dac_conversions, c.backward_adc_conversions) == (5, 5 * 8, 5 * 17)
+
+
+def test_repeated_reads_average_the_noise_down_and_count_every_read():
+    """AnalogLayer(reads=k): every forward MVM read k times and averaged, so the read noise's std
+    falls by sqrt(k); every read's MVMs, conversions and read energy are counted (k times one
+    read's), and the periphery's mean ((k - 1) adds and a multiply per output)."""
+    from pathlib import Path
+
+    from analogff.devices import load_device
+
+    dev = load_device(Path(__file__).resolve().parents[1] / "devices" / "ecram.toml").with_overrides(
+        forward__out_res=-1.0, forward__out_bound=1e6, forward__inp_res=-1.0)
+    x = torch.zeros(300, 40)
+    x[:, 0] = 1.0
+    stds, xb, per = {}, {}, {}
+    for k in (1, 4):
+        lay = AnalogLayer(40, 64, device=dev, bias=False, reads=k).eval()
+        exact = lay.xbar.get_weights()[:, 0] * 1.0
+        stds[k] = float((lay(x) - exact).std())
+        xb[k], per[k] = lay.xbar.counters, lay.counters
+    assert abs(stds[4] / stds[1] - 0.5) < 0.05
+    one, four = xb[1], xb[4]
+    assert (four.mvms, four.dac_conversions, four.adc_conversions, four.device_reads) == \
+        (4 * one.mvms, 4 * one.dac_conversions, 4 * one.adc_conversions, 4 * one.device_reads)
+    assert abs(four.read_v2g_W / one.read_v2g_W - 4) < 1e-9
+    assert (per[4].digital_ops - per[1].digital_ops, per[4].digital_mults - per[1].digital_mults) == \
+        (3 * 300 * 64, 300 * 64)
+    with pytest.raises(ValueError, match="reads=0"):
+        AnalogLayer(4, 4, device=dev, reads=0)
+
+
+def test_repeated_reads_go_through_any_crossbar_and_the_readout():
+    """The reads are the layer's: a fake crossbar is read k times too, and the label trials'
+    shared and differential reads (analogff.readout) read k times per read."""
+    net = FFNet([784, 16, 12], layer="analog", config=FFConfig(analog_reads=3, label_readout="differential",
+                                                             head=False, negatives="random"),
+                crossbar_factory=lambda n_in, n_out, seed: FakeCrossbar(n_in, n_out, seed))
+    x = torch.rand(5, 784)
+    before = [lay.xbar.counters.mvms for lay in net.layers]
+    net.layers[0](x)
+    assert net.layers[0].xbar.counters.mvms - before[0] == 3 * 5
+    before = [lay.xbar.counters.mvms for lay in net.layers]
+    net.goodness_per_label(x)
+    one = FFNet([784, 16, 12], layer="analog", config=FFConfig(label_readout="differential", head=False,
+                                                               negatives="random"),
+                crossbar_factory=lambda n_in, n_out, seed: FakeCrossbar(n_in, n_out, seed))
+    b1 = [lay.xbar.counters.mvms for lay in one.layers]
+    one.goodness_per_label(x)
+    for lay3, lay1, a, b in zip(net.layers, one.layers, before, b1):
+        assert lay3.xbar.counters.mvms - a == 3 * (lay1.xbar.counters.mvms - b)
