@@ -162,11 +162,13 @@ def _flat(key: str, value: Any) -> Any:
 
 def read_values_file(path: str) -> dict[str, Any]:
     """Option values from a TOML/JSON file (a results.json: its config)."""
-    from .options import config_dict, load_table_file, options, resolve_key
+    from .options import config_dict, load_table_file, options, resolve_key, with_legacy
 
     data = load_table_file(path, f"--config {path}", UsageError, "a table of option values")
-    if isinstance(data.get("config"), dict) and "methods" in data:  # a results.json
+    if isinstance(data.get("config"), dict) and "methods" in data:  # a results.json: rerun as it ran
         data = config_dict(data["config"])
+        if isinstance(data.get("ff"), dict):
+            data["ff"] = with_legacy(data["ff"])
     values: dict[str, Any] = {}
     for k, v in data.items():
         if k == "ff" and isinstance(v, dict):

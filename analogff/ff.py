@@ -123,8 +123,10 @@ class FFConfig:
     analog_update: str = "auto"  #: AnalogLayer update: "auto" (onarray on a transfer compound, else adam) | "adam" |
     #: "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1) | "onarray" (the transfer compound's own learning)
     analog_bias: bool = True  #: analog layers get a bias row (a constant-1 input) on the array
-    analog_reads: int = 1  #: analog layers read every forward MVM this many times and average the ADC
-    #: outputs (training and evaluation): read noise / sqrt(reads), reads x the read energy, all counted
+    analog_reads: int = 2  #: analog layers read every forward MVM this many times and average the ADC
+    #: outputs (training and evaluation): read noise / sqrt(reads), reads x the read energy, all counted.
+    #: 2: the read noise of training costs the softmax head 1.3 pp on Fashion-MNIST with 1 read, 0.55 pp
+    #: with 2 (docs/networks.md, "The goodness readout on arrays")
     analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
     #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
     #: less headroom before the bound). None: the profile's [mapping] init_range

@@ -403,14 +403,19 @@ def config_dict(cfg) -> dict[str, Any]:
 
 #: FFConfig fields added after runs were recorded, with the value such a run used (a results.json
 #: without the field ran with it): the reconstructed config, and its command, stay the run's own
-FF_LEGACY = {"label_readout": "overlay", "pairwise": False}
+FF_LEGACY = {"label_readout": "overlay", "pairwise": False, "analog_reads": 1}
+
+
+def with_legacy(ff: dict[str, Any]) -> dict[str, Any]:
+    """A results.json's FFConfig dict with the :data:`FF_LEGACY` values of the fields it predates."""
+    return {**{k: v for k, v in FF_LEGACY.items() if k not in ff}, **ff} if ff else ff
 
 
 def config_from_dict(d: dict[str, Any]):
     """An ExperimentConfig from results.json's config dict (unknown keys: OptionError)."""
     values = {k: v for k, v in config_dict(d).items() if k != "ff"}
     ff = d.get("ff") or {}
-    for k, v in {**({k: v for k, v in FF_LEGACY.items() if k not in ff} if ff else {}), **ff}.items():
+    for k, v in with_legacy(ff).items():
         if k not in FF_FROM_EXPERIMENT:
             values[f"ff.{k}"] = v
     return make_config(values)

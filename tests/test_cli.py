@@ -81,6 +81,17 @@ def test_config_file_and_results_json_rerun(tmp_path, capsys):
     res = tmp_path / "results.json"
     res.write_text(json.dumps({"config": cfg, "methods": {}}))
     assert config_of(capsys, "--config", str(res)) == cfg
+    # a results.json written before an FFConfig field existed reruns (and reports) as it ran
+    from analogff.options import FF_LEGACY
+    from analogff.report import command
+
+    old = json.loads(json.dumps(cfg))
+    for k in FF_LEGACY:
+        old["ff"].pop(k)
+    res.write_text(json.dumps({"config": old, "methods": {}}))
+    rerun = config_of(capsys, "--config", str(res))
+    assert {k: rerun["ff"][k] for k in FF_LEGACY} == FF_LEGACY
+    assert "--ff.analog-reads 1" in command({"config": old}, res)
 
 
 def test_config_argv_round_trip():

@@ -52,13 +52,14 @@ def test_results_schema_and_metrics(run_dir):
     from analogff.reference import BPNet
 
     assert res["methods"]["digital_bp"]["counters"] == BPNet([784, 32, 10]).training_counts(500, 100).scaled(2).as_dict()
-    assert ff["counters"]["mvms"] == 3 * 500 * 2  # neutral + positive + negative pass, 1 layer, 2 epochs
+    reads = res["config"]["ff"]["analog_reads"]  # each pass reads the array this many times
+    assert ff["counters"]["mvms"] == 3 * 500 * 2 * reads  # neutral + positive + negative pass, 1 layer, 2 epochs
     for name, m in res["methods"].items():
         assert m["eval_samples"] > 0 and m["eval_energy_per_sample_J"] > 0, name
         assert m["eval_counters"]["digital_ops"] > 0 and m["eval_energy_J"] > 0
     # per epoch: goodness (the 200 images once, each label row 32 times: label_readout="differential"),
     # then the head's neutral pass
-    assert ff["eval_counters"]["mvms"] == 2 * (200 + 10 * 32 + 200) and ff["eval_samples"] == 2 * 2 * 200
+    assert ff["eval_counters"]["mvms"] == 2 * reads * (200 + 10 * 32 + 200) and ff["eval_samples"] == 2 * 2 * 200
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 4 * 2 and {r["method"] for r in rows} == set(res["methods"])
     # one linear probe per FF layer (here 1 layer), measured on the test set, outside the bill

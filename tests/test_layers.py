@@ -195,7 +195,7 @@ def test_repeated_reads_go_through_any_crossbar_and_the_readout():
     assert net.layers[0].xbar.counters.mvms - before[0] == 3 * 5
     before = [lay.xbar.counters.mvms for lay in net.layers]
     net.goodness_per_label(x)
-    one = FFNet([784, 16, 12], layer="analog", config=FFConfig(label_readout="differential", head=False,
+    one = FFNet([784, 16, 12], layer="analog", config=FFConfig(analog_reads=1, label_readout="differential", head=False,
                                                                negatives="random"),
                 crossbar_factory=lambda n_in, n_out, seed: FakeCrossbar(n_in, n_out, seed))
     b1 = [lay.xbar.counters.mvms for lay in one.layers]

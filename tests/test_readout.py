@@ -31,6 +31,9 @@ def images(b: int, seed: int = 0) -> torch.Tensor:
 
 
 def analog_net(readout: str, device=None, dims=(784, 24, 16), **cfg) -> FFNet:
+    """An analog net reading each MVM once (the readouts' read structure; repeated reads multiply it:
+    tests/test_layers.py)."""
+    cfg = {"analog_reads": 1, **cfg}
     return FFNet(list(dims), layer="analog", device=device if device is not None else exact_periphery(),
                  config=FFConfig(label_readout=readout, **cfg)).eval()
 

@@ -156,7 +156,8 @@ def test_analog_step_counts_forward_mvms_and_no_backward(monkeypatch):
     d0, d1 = net.down
     # the label-free bottom-up pass reads U_0, U_1 once per image (U_0's image term is then kept);
     # 8 iterations on 2B rows read U_1, D_0, D_1; the hard negatives read D_1's k label columns once
-    want = {u0: b, u1: b + 8 * 2 * b, d0: 8 * 2 * b, d1: 8 * 2 * b + k}
+    r = net.config.analog_reads  # every read of a layer is this many array reads, averaged
+    want = {lay: r * n for lay, n in {u0: b, u1: b + 8 * 2 * b, d0: 8 * 2 * b, d1: 8 * 2 * b + k}.items()}
     rows = {u0: 20 + 1, u1: 16 + 1, d0: 16, d1: 10}  # bottom-up layers carry the bias row
     for lay, n in want.items():
         c = lay.xbar.counters
@@ -168,7 +169,7 @@ def test_analog_step_counts_forward_mvms_and_no_backward(monkeypatch):
     # prediction: the bottom-up pass once per image, then 10 labels x 5 iterations
     before = {lay: lay.xbar.counters.mvms for lay in want}
     net.accuracy(x, y)
-    pred = {u0: b, u1: b + 5 * k * b, d0: 5 * k * b, d1: 5 * k * b}
+    pred = {lay: r * n for lay, n in {u0: b, u1: b + 5 * k * b, d0: 5 * k * b, d1: 5 * k * b}.items()}
     for lay, n in pred.items():
         assert lay.xbar.counters.mvms - before[lay] == n
     assert net.total_counts().backward_adc_conversions == 0
