@@ -125,6 +125,8 @@ def _device(run: dict[str, Any], method: str) -> str:
 
 def command(run: dict[str, Any], path: Path) -> str:
     """``analogff run`` with the flags that rebuild the run's config (or '-' if it no longer parses)."""
+    from .devices import shipped_profiles
+
     try:
         from .options import config_argv, config_from_dict
 
@@ -140,8 +142,9 @@ def command(run: dict[str, Any], path: Path) -> str:
     except Exception:  # noqa: BLE001: an old results file
         return "-"
     device = (run.get("config") or {}).get("device")
-    if device and str(device).endswith(".toml") and Path(str(device)).stem == (run.get("device_profile") or {}).get("name"):
-        argv = [("devices/" + Path(str(device)).name) if a == device else a for a in argv]
+    name = (run.get("device_profile") or {}).get("name")
+    if device and str(device).endswith(".toml") and Path(str(device)).stem == name and name in shipped_profiles():
+        argv = [("devices/" + Path(str(device)).name) if a == device else a for a in argv]  # a shipped profile
     return " ".join(shlex.quote(a) for a in ["analogff", "run", *argv, "--out", str(path.parent)])
 
 
