@@ -19,7 +19,9 @@ to a temporary name and renamed, so processes that compile the same kernel at on
 workers) never read half a file.
 
 Only the CPU uses packages (``Kernels`` keeps ``torch.compile`` on other devices: AOTInductor on a GPU
-is untested here). ``ANALOGFF_KERNEL_CACHE=off`` goes back to ``torch.compile``.
+is untested here). ``ANALOGFF_KERNEL_CACHE=off`` goes back to ``torch.compile``. The cache is only a
+cache: delete it any time (about 1.5 MB per package, a dozen per profile; every change to the
+engine's code adds a new set, the old ones are not removed).
 """
 
 from __future__ import annotations
