@@ -125,8 +125,8 @@ class FFConfig:
     analog_bias: bool = True  #: analog layers get a bias row (a constant-1 input) on the array
     analog_reads: int = 2  #: analog layers read every forward MVM this many times and average the ADC
     #: outputs (training and evaluation): read noise / sqrt(reads), reads x the read energy, all counted.
-    #: 2: the read noise of training costs the softmax head 1.3 pp on Fashion-MNIST with 1 read, 0.55 pp
-    #: with 2 (docs/networks.md, "The goodness readout on arrays")
+    #: 2: on Fashion-MNIST the softmax head trails digital FF's by 1.30 pp with 1 read, 0.85 pp with 2
+    #: (three seeds; docs/networks.md, "Read noise in training")
     analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
     #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
     #: less headroom before the bound). None: the profile's [mapping] init_range
