@@ -299,7 +299,9 @@ def ff_step_counts(dims: Sequence[int], batch: int, config: Any = None, layer: s
     dram = state_in_dram(_ff_resident(dims, layer, cfg, head_in), sram_capacity_bytes)
     bias = cfg.analog_bias
 
-    reads = int(getattr(cfg, "analog_reads", 1))
+    reads = getattr(cfg, "analog_reads", 1)
+    if reads is None:  # AnalogLayer's default for the rule (analogff.layers.default_reads)
+        reads = 2 if _rule(cfg) in ("adam", "momentum") else 1
 
     def fwd(rows_b: int, n_in: int, n_out: int) -> OpCounts:
         if layer == "digital":

@@ -395,7 +395,7 @@ def _run_ff(name: str, cfg: ExperimentConfig, profile, data, ckpt: Path, resume:
         "predict": predict,
         "variant": cfg.variant,
         "layer_probe_accuracy": probes,
-        **({"analog_update": rule, "lr": lr} if analog else {}),
+        **({"analog_update": rule, "lr": lr, "analog_reads": _layer_reads(net)} if analog else {}),
         "inference_counts": inf.counts,
         "periphery_state_bytes": int(getattr(net, "periphery_state_bytes", 0)),
         "history": history,
@@ -442,6 +442,14 @@ def _run_hybrid(name: str, cfg: ExperimentConfig, data, on_epoch: Callable[[dict
     return train_hybrid(name, ff, bp, data, epochs=cfg.epochs, split=cfg.hybrid_split, ff_config=ffcfg,
                         batch_size=cfg.batch_size, bp_lr=cfg.bp_lr, seed=cfg.seed, predict=readout(cfg),
                         on_epoch=on_epoch)
+
+
+def _layer_reads(net: Any) -> int | None:
+    """Reads per forward MVM of the net's analog layers (FFConfig.analog_reads resolved by rule)."""
+    for mod in net.modules():
+        if hasattr(mod, "reads") and hasattr(mod, "xbar"):
+            return int(mod.reads)
+    return None
 
 
 def run_one(cfg: ExperimentConfig, resume: bool = False,

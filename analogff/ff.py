@@ -123,10 +123,12 @@ class FFConfig:
     analog_update: str = "auto"  #: AnalogLayer update: "auto" (onarray on a transfer compound, else adam) | "adam" |
     #: "momentum" | "normalized" | "sgd" (plain pulses, lr ~0.1) | "onarray" (the transfer compound's own learning)
     analog_bias: bool = True  #: analog layers get a bias row (a constant-1 input) on the array
-    analog_reads: int = 2  #: analog layers read every forward MVM this many times and average the ADC
-    #: outputs (training and evaluation): read noise / sqrt(reads), reads x the read energy, all counted.
-    #: 2: on Fashion-MNIST the softmax head trails digital FF's by 1.30 pp with 1 read, 0.85 pp with 2
-    #: (three seeds; docs/networks.md, "Read noise in training")
+    analog_reads: int | None = None  #: analog layers read every forward MVM this many times and average the
+    #: ADC outputs (training and evaluation): read noise / sqrt(reads), reads x the read energy, all counted.
+    #: None: 2 with a periphery rule (adam, momentum: on Fashion-MNIST the head trails digital FF's by
+    #: 0.85 pp with 2 reads, 1.30 pp with 1; the second read is 2 % of the training energy), 1 with the
+    #: array's own update (sgd, normalized, onarray: there the ADC is a third to a half of it)
+    #: (docs/networks.md, "Read noise in training")
     analog_init_range: float | None = None  #: weight mapping: the initial weights reach this fraction
     #: of the device's weight bound (larger: bigger weights against the device's write/read noise,
     #: less headroom before the bound). None: the profile's [mapping] init_range
@@ -164,8 +166,9 @@ class FFConfig:
         if isinstance(self.peer_norm, bool) or not isinstance(self.peer_norm, (int, float)) \
                 or not math.isfinite(self.peer_norm) or self.peer_norm < 0:
             raise ValueError(f"FFConfig.peer_norm={self.peer_norm!r}; choose a finite coefficient >= 0")
-        if isinstance(self.analog_reads, bool) or not isinstance(self.analog_reads, int) or self.analog_reads < 1:
-            raise ValueError(f"FFConfig.analog_reads={self.analog_reads!r}; choose an integer >= 1")
+        if self.analog_reads is not None and (isinstance(self.analog_reads, bool) or not isinstance(self.analog_reads, int)
+                                              or self.analog_reads < 1):
+            raise ValueError(f"FFConfig.analog_reads={self.analog_reads!r}; choose an integer >= 1 (or None: by rule)")
         if isinstance(self.label_reads, bool) or not isinstance(self.label_reads, int) or self.label_reads < 1:
             raise ValueError(f"FFConfig.label_reads={self.label_reads!r}; choose an integer >= 1")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \

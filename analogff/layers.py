@@ -200,6 +200,14 @@ ANALOG_UPDATES = ("auto", "sgd", "normalized", "momentum", "adam", "onarray")
 ANALOG_LR = {"sgd": 0.1, "normalized": 3e-4, "momentum": 0.01, "adam": 1e-3, "onarray": 0.01}
 
 
+def default_reads(update: str) -> int:
+    """Reads per forward MVM when none is asked for: 2 with a periphery rule (momentum, Adam: the
+    read noise of training costs the head on Fashion-MNIST, and a second read is ~2 % of the
+    training energy), 1 with the array's own update (sgd, normalized, onarray: the ADC is a third to
+    a half of the training energy there). docs/networks.md, "Read noise in training"."""
+    return 2 if update in ("adam", "momentum") else 1
+
+
 def resolve_analog_update(rule: str, transfer: str | None) -> str:
     """The rule ``"auto"`` stands for: ``"onarray"`` on a transfer compound (``transfer``, the
     crossbar's algorithm), ``"adam"`` otherwise; any other rule is itself."""
@@ -235,6 +243,7 @@ class AnalogLayer(nn.Module):
 
     ``reads``: every forward MVM (:meth:`read`) reads the array this many times and the periphery
     averages the outputs: the read noise falls by sqrt(reads); every read is a counted crossbar read.
+    None: :func:`default_reads` of the rule (2 with the periphery's momentum or Adam, else 1).
 
     ``crossbar``: any object with ``forward(x)``, ``update(x, d, lr)``, ``update_rows(u, lr)``
     (momentum, adam) and ``counters`` (tests
@@ -245,7 +254,7 @@ class AnalogLayer(nn.Module):
                  bias: bool = True, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
                  norm_stat: str = "rms", seed: int = 0, engine: str = "torch", crossbar=None,
                  counters: OpCounts | None = None, input_gain: float = 1.0, init_range: float | None = None,
-                 reads: int = 1):
+                 reads: int | None = None):
         super().__init__()
         if update not in ANALOG_UPDATES:
             raise ValueError(f"update={update!r}; choose one of {ANALOG_UPDATES}")
@@ -256,9 +265,8 @@ class AnalogLayer(nn.Module):
         # computes the same W x + b, but a length-normalised input (norm 1, entries ~1/sqrt(n))
         # uses the DAC's full range instead of a few of its levels next to the bias row's 1.
         self.input_gain = float(input_gain)
-        if isinstance(reads, bool) or not isinstance(reads, int) or reads < 1:
+        if reads is not None and (isinstance(reads, bool) or not isinstance(reads, int) or reads < 1):
             raise ValueError(f"reads={reads!r}; choose an integer >= 1")
-        self.reads = reads
         self.update, self.momentum, self.betas = update, momentum, tuple(betas)
         self.eps, self.norm_stat = eps, norm_stat
         if crossbar is None:
@@ -271,6 +279,7 @@ class AnalogLayer(nn.Module):
         self.xbar = crossbar
         transfer = getattr(crossbar, "transfer", None)
         update = self.update = resolve_analog_update(update, transfer)
+        self.reads = default_reads(update) if reads is None else reads
         prof = getattr(crossbar, "profile", None)
         if transfer is not None and update in ("momentum", "adam"):
             raise ValueError(f"analog update {update!r} writes the weights row by row from the periphery, but profile "

@@ -67,7 +67,7 @@ def test_digital_ff_step_counts_equal_a_real_step(opts, dims):
 
 @pytest.mark.parametrize("update", ["adam", "momentum", "normalized", "sgd"])
 @pytest.mark.parametrize("dims", [[784, 40, 24], [784, 500, 500]])
-@pytest.mark.parametrize("reads", [1, 3])
+@pytest.mark.parametrize("reads", [None, 1, 3])
 def test_analog_ff_step_counts_equal_a_real_step_on_a_nominal_crossbar(update, dims, reads):
     cfg = FFConfig(analog_update=update, analog_reads=reads)
     net = FFNet(dims, layer="analog", config=cfg, crossbar_factory=NominalCrossbar)

@@ -52,7 +52,8 @@ def test_results_schema_and_metrics(run_dir):
     from analogff.reference import BPNet
 
     assert res["methods"]["digital_bp"]["counters"] == BPNet([784, 32, 10]).training_counts(500, 100).scaled(2).as_dict()
-    reads = res["config"]["ff"]["analog_reads"]  # each pass reads the array this many times
+    reads = ff["analog_reads"]  # each pass reads the array this many times (the rule's default: adam, 2)
+    assert res["config"]["ff"]["analog_reads"] is None and reads == 2
     assert ff["counters"]["mvms"] == 3 * 500 * 2 * reads  # neutral + positive + negative pass, 1 layer, 2 epochs
     for name, m in res["methods"].items():
         assert m["eval_samples"] > 0 and m["eval_energy_per_sample_J"] > 0, name

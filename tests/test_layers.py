@@ -202,3 +202,14 @@ def test_repeated_reads_go_through_any_crossbar_and_the_readout():
     one.goodness_per_label(x)
     for lay3, lay1, a, b in zip(net.layers, one.layers, before, b1):
         assert lay3.xbar.counters.mvms - a == 3 * (lay1.xbar.counters.mvms - b)
+
+
+def test_reads_default_by_rule():
+    """No reads asked for: 2 with the periphery's Adam or momentum, 1 with the array's own update."""
+    from analogff.layers import default_reads
+
+    assert [default_reads(r) for r in ("adam", "momentum", "sgd", "normalized", "onarray")] == [2, 2, 1, 1, 1]
+    fake = lambda: FakeCrossbar(9, 4)  # noqa: E731
+    assert AnalogLayer(8, 4, update="adam", crossbar=fake()).reads == 2
+    assert AnalogLayer(8, 4, update="sgd", crossbar=fake()).reads == 1
+    assert AnalogLayer(8, 4, update="sgd", crossbar=fake(), reads=3).reads == 3

@@ -156,7 +156,7 @@ def test_analog_step_counts_forward_mvms_and_no_backward(monkeypatch):
     d0, d1 = net.down
     # the label-free bottom-up pass reads U_0, U_1 once per image (U_0's image term is then kept);
     # 8 iterations on 2B rows read U_1, D_0, D_1; the hard negatives read D_1's k label columns once
-    r = net.config.analog_reads  # every read of a layer is this many array reads, averaged
+    r = u0.reads  # every read of a layer is this many array reads, averaged (periphery Adam: 2)
     want = {lay: r * n for lay, n in {u0: b, u1: b + 8 * 2 * b, d0: 8 * 2 * b, d1: 8 * 2 * b + k}.items()}
     rows = {u0: 20 + 1, u1: 16 + 1, d0: 16, d1: 10}  # bottom-up layers carry the bias row
     for lay, n in want.items():

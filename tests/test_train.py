@@ -113,7 +113,7 @@ def test_training_counts_exclude_evaluation(kind):
         # per epoch: goodness (label_readout="differential"): layer 0 reads the 200 images once and each
         # of the 10 label rows 32 times; layer 1 the trials' mean and the 10 differences per image;
         # then the head's neutral pass through both layers
-        reads = with_test.config.analog_reads  # each read of a layer: this many array reads
+        reads = with_test.layers[0].reads  # each read of a layer: this many array reads
         assert with_test.eval_counters.mvms == 2 * reads * ((200 + 10 * 32) + (200 + 10 * 200) + 2 * 200)
 
 
