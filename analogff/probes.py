@@ -48,7 +48,12 @@ def _features(net: nn.Module, x: torch.Tensor, batch_size: int) -> list[torch.Te
 
 def fit_probe(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, *, epochs: int = 20,
               lr: float = 1e-2, batch_size: int = 100, seed: int = 0) -> nn.Linear:
-    """A linear softmax classifier on features (N, n), trained with Adam on cross-entropy."""
+    """A linear softmax classifier on features (N, n), trained with Adam on cross-entropy.
+
+    The learning rate falls linearly from ``lr`` to 0 over the ``epochs``: the probe's answer is
+    a converged fit, not the last iterate of a noisy one (with a constant rate, refits of the same
+    features with other seeds differed by up to 3.6 pp on one layer of a trained 4-layer net).
+    """
     g = torch.Generator().manual_seed(seed)
     probe = nn.Linear(f_train.shape[1], num_classes)
     with torch.no_grad():  # initialised from the generator, not torch's global RNG
@@ -57,14 +62,18 @@ def fit_probe(f_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, *,
         probe.bias.zero_()
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     n = f_train.shape[0]
+    steps, step = epochs * -(-n // batch_size), 0
     with torch.enable_grad():
         for _ in range(epochs):
             perm = torch.randperm(n, generator=g)
             for s in range(0, n, batch_size):
                 idx = perm[s:s + batch_size]
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1.0 - step / steps)
                 opt.zero_grad()
                 F.cross_entropy(probe(f_train[idx]), y_train[idx]).backward()
                 opt.step()
+                step += 1
     return probe
 
 

@@ -83,3 +83,21 @@ def test_recurrent_net_gets_a_probe_per_hidden_layer():
     acc = layer_probe_accuracy(net, data["train"], data["test"], samples=500, epochs=5)
     assert len(acc) == 2 and max(acc) > 0.3, acc  # the synthetic classes show even in random features
     assert net.counters.as_dict() == before
+
+
+def test_probe_is_a_converged_fit_not_a_noisy_last_iterate():
+    """Refits of the same features with other seeds agree: the answer is the features', not the
+    seed's (with a constant learning rate, refits of real features differed by pp)."""
+    from analogff.data import load_fashion_mnist
+    from analogff.probes import fit_probe
+
+    x, y = load_fashion_mnist("train")
+    f = torch.as_tensor(x[:3000]).float()
+    f = (f - f.mean(0)) / (f.std(0) + 1e-3)  # unit-variance features, as batch norm gives the probes
+    y = torch.as_tensor(y[:3000]).long()
+    accs = []
+    for seed in range(4):
+        probe = fit_probe(f[:2000], y[:2000], 10, epochs=10, seed=seed)
+        with torch.no_grad():
+            accs.append(float((probe(f[2000:]).argmax(1) == y[2000:]).float().mean()))
+    assert max(accs) - min(accs) <= 0.005, accs
