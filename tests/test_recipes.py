@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_recipe_is_a_valid_config():
     for name in RECIPES:
         cfg = make_config(recipe_values(name))
-        assert cfg.hidden == [500, 500] and cfg.batch_size == 100  # the main job's net
+        assert cfg.batch_size == 100
+        assert cfg.hidden == ([500] * 4 if name == "fmnist" else [500, 500])  # the main job's net but one
         assert set(recipe_values(name)) <= set(options())
 
 
@@ -30,6 +31,19 @@ def test_recipes_mean_what_the_readme_says():
     for rule, lr in (("sgd", 0.1), ("normalized", 3e-4), ("momentum", 0.01), ("adam", 1e-3)):
         cfg = make_config(recipe_values(f"rule-{rule}"))
         assert cfg.analog_update == rule and cfg.ff_lr_analog == lr and cfg.methods == ["analog_ff"]
+
+
+def test_fmnist_recipe_is_the_run_it_names():
+    """The fmnist recipe trains exactly what its kept result file trained (out and threads aside)."""
+    import json
+    from dataclasses import asdict
+
+    kept = json.loads((ROOT / "docs/results/deep/fmnist_500x4_40ep_bn_alpha/ff-alpha-0.25/results.json").read_text())
+    cfg = make_config({**recipe_values("fmnist"), "out": kept["config"]["out"]})
+    mine = json.loads(json.dumps(asdict(cfg)))
+    for key in ("threads", "jobs"):
+        mine.pop(key, None), kept["config"].pop(key, None)
+    assert mine == kept["config"]
 
 
 def test_recipe_values_are_copies():
