@@ -25,3 +25,21 @@ def test_hidden_widths_round_trip_as_nxk():
     assert opt.format([500] * 8) == ["500x8"] and opt.format([784, 500, 500]) == ["784,500,500"]
     for widths in ([500] * 8, [1000, 500, 500, 500, 10], [32]):
         assert opt.parse(opt.format(widths)[0]) == widths
+
+
+def test_command_uses_a_recipe_only_where_the_run_kept_all_its_values():
+    from dataclasses import asdict
+
+    from analogff.options import make_config
+    from analogff.recipes import recipe_values
+    from analogff.report import command
+
+    res = Path("runs/x/results.json")
+    fmnist = asdict(make_config(recipe_values("fmnist")))
+    assert command({"config": fmnist}, res) == "analogff run --recipe fmnist --out runs/x"
+    # the recipe's net at another alpha: spelled from the defaults, not as "--recipe fmnist --ff.alpha 0.5"
+    other = asdict(make_config({**recipe_values("fmnist"), "ff.alpha": 0.5, "hidden": [500] * 8, "epochs": 10}))
+    cmd = command({"config": other}, res)
+    assert "--recipe" not in cmd and "--hidden 500x8" in cmd and "--ff.norm batch" in cmd, cmd
+    full = asdict(make_config({**recipe_values("full"), "seed": 3}))
+    assert command({"config": full}, res) == "analogff run --recipe full --seed 3 --out runs/x"
