@@ -41,8 +41,8 @@ from analogff.probes import fit_probe  # noqa: E402
 OVERLAYS = ("neutral", "zero", "mean10")
 
 
-def load_digital_ff(run: Path) -> tuple[ExperimentConfig, FFNet]:
-    """The run's config and its trained digital FF net (the checkpoint's last epoch)."""
+def load_digital_ff(run: Path) -> tuple[ExperimentConfig, FFNet, dict]:
+    """The run's config, its trained digital FF net (the checkpoint's last epoch) and its data."""
     ck_path = run / "state" / "digital_ff.ckpt"
     if not ck_path.exists():
         raise SystemExit(f"{ck_path} not found: give a run directory whose digital_ff checkpoint was kept")
@@ -50,9 +50,10 @@ def load_digital_ff(run: Path) -> tuple[ExperimentConfig, FFNet]:
     fields = ExperimentConfig.__dataclass_fields__
     cfg = ExperimentConfig(**{k: v for k, v in conf.items() if k in fields and k != "out"}, out=str(run))
     ffcfg = replace(cfg.ff, lr=cfg.ff_lr_digital, seed=cfg.seed, engine=cfg.engine)
-    net = build_ff_net(cfg, ffcfg, 784)
+    data = _data(cfg)
+    net = build_ff_net(cfg, ffcfg, data["train"][0].shape[1])
     net.load_state_dict(torch.load(ck_path, map_location="cpu", weights_only=False)["net"])
-    return cfg, net.eval()
+    return cfg, net.eval(), data
 
 
 @torch.no_grad()
@@ -79,8 +80,7 @@ def features(net: FFNet, x: torch.Tensor, overlay: str, batch: int = 1000) -> li
 
 
 def probe_table(run: Path, overlays: list[str], samples: int = 10000) -> str:
-    cfg, net = load_digital_ff(run)
-    data = _data(cfg)
+    cfg, net, data = load_digital_ff(run)
     xtr, ytr = data["train"][0][:samples], data["train"][1][:samples].long()
     xte, yte = data["test"][0], data["test"][1].long()
     lines = [f"{run}: {cfg.dataset}, hidden {cfg.hidden}, {cfg.epochs} epochs, norm {cfg.ff.norm}, "
