@@ -497,6 +497,7 @@ def plot_layer_probes(runs: Run | Sequence[Run], ax: Axes | None = None) -> Figu
     runs = _as_list(runs)
     ax = _axes(ax, size=(10.5, 4.5))
     drawn = 0
+    methods = {m for run in runs for m, v in run["methods"].items() if v.get("layer_probe_accuracy")}
     for i, run in enumerate(runs):
         for method in _ordered(run["methods"]):
             acc = run["methods"][method].get("layer_probe_accuracy") or []
@@ -505,7 +506,8 @@ def plot_layer_probes(runs: Run | Sequence[Run], ax: Axes | None = None) -> Figu
             where = [Path(run.get("path", "?")).name, str(run.get("dataset", ""))]
             if method.startswith("analog"):  # a digital method has no device
                 where.insert(1, device_label(run))
-            ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=_color(method),
+            color = _color(method) if len(methods) > 1 else f"C{i % 10}"  # one method: a colour per run
+            ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=color,
                     linestyle=LINESTYLES[i % len(LINESTYLES)], marker=MARKERS[i % len(MARKERS)],
                     label=f"{METHOD_NAMES.get(method, method)} ({', '.join(w for w in where if w)})")
             drawn += 1

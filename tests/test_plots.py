@@ -245,3 +245,19 @@ def test_layer_probes_draws_each_ff_methods_probes(run):
     for m in deep["methods"].values():
         m.pop("layer_probe_accuracy", None)
     assert "no layer_probe_accuracy" in " ".join(t.get_text() for t in plots.plot_layer_probes(deep).axes[0].texts)
+
+
+def test_layer_probes_of_one_method_get_a_colour_per_run(run):
+    """Several runs of one method (a depth comparison): each run its own colour, not the method's."""
+    import copy
+
+    from matplotlib.colors import to_hex
+
+    runs = []
+    for k in range(3):
+        r = copy.deepcopy(run)
+        r["methods"] = {"digital_ff": {**r["methods"]["digital_ff"], "layer_probe_accuracy": [0.8, 0.8 - 0.01 * k]}}
+        r["path"] = f"runs/deep{k}/results.json"
+        runs.append(r)
+    colours = {to_hex(ln.get_color()) for ln in plots.plot_layer_probes(runs).axes[0].get_lines()}
+    assert len(colours) == 3
