@@ -300,8 +300,10 @@ def ff_step_counts(dims: Sequence[int], batch: int, config: Any = None, layer: s
     bias = cfg.analog_bias
 
     reads = getattr(cfg, "analog_reads", 1)
-    if reads is None:  # AnalogLayer's default for the rule (analogff.layers.default_reads)
-        reads = 2 if _rule(cfg) in ("adam", "momentum") else 1
+    if reads is None:  # AnalogLayer's default for the rule
+        from analogff.layers import default_reads  # layers imports this module
+
+        reads = default_reads(_rule(cfg))
 
     def fwd(rows_b: int, n_in: int, n_out: int) -> OpCounts:
         if layer == "digital":

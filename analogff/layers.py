@@ -12,7 +12,6 @@ Counts: each layer adds its digital work to ``self.counters`` with the primitive
 from __future__ import annotations
 
 import inspect
-
 import math
 
 import torch
@@ -312,14 +311,13 @@ class AnalogLayer(nn.Module):
         in array units (times the input gain): ``reads`` crossbar reads averaged by the periphery
         (its adds and multiply counted). A crossbar without row selection (a test's fake) is driven
         with zeros on the other rows."""
-        def once() -> torch.Tensor:
-            if rows is None:
-                return self.xbar.forward(values)
-            if "rows" in inspect.signature(self.xbar.forward).parameters:
-                return self.xbar.forward(values, rows=rows)
+        if rows is not None and "rows" not in inspect.signature(self.xbar.forward).parameters:
             full = values.new_zeros(values.shape[0], self.n_in + int(self.bias))
             full[:, rows.to(values.device)] = values
-            return self.xbar.forward(full)
+            values, rows = full, None  # once per read, not once per repeated read
+
+        def once() -> torch.Tensor:
+            return self.xbar.forward(values) if rows is None else self.xbar.forward(values, rows=rows)
 
         y = once()
         if self.reads > 1:

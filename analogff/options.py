@@ -430,7 +430,7 @@ def config_argv(cfg, skip: tuple[str, ...] = (), base: dict[str, Any] | None = N
     defaults = config_values(default_cfg)
     argv: list[str] = []
     for key, value in config_values(cfg).items():
-        if key in skip or _same(value, defaults.get(key)):
+        if key in skip or same_value(value, defaults.get(key)):
             continue
         if key == "predict" and cfg.variant == default_cfg.variant and readout(cfg) == readout(default_cfg):
             continue  # e.g. "goodness" where "auto" means goodness: the same run
@@ -442,5 +442,6 @@ def config_argv(cfg, skip: tuple[str, ...] = (), base: dict[str, Any] | None = N
     return argv
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Two option values are the same (as their JSON: a list and a tuple of equal items agree)."""
     return json.dumps(a) == json.dumps(b)

@@ -128,11 +128,8 @@ def command(run: dict[str, Any], path: Path) -> str:
     from .devices import shipped_profiles
 
     try:
-        from .options import config_argv, config_from_dict
-
+        from .options import config_argv, config_from_dict, config_values, make_config, same_value
         from .recipes import RECIPES, recipe_values
-
-        from .options import config_values, make_config
 
         cfg = config_from_dict(run.get("config") or {})
         argv = config_argv(cfg, skip=("out",))
@@ -140,7 +137,7 @@ def command(run: dict[str, Any], path: Path) -> str:
         for name in RECIPES:  # the shortest spelling: from the defaults or from a recipe the run kept
             base = recipe_values(name)
             kept = config_values(make_config(base))
-            if name != "main" and all(_same_value(values.get(k), kept.get(k)) for k in base):
+            if name != "main" and all(same_value(values.get(k), kept.get(k)) for k in base):
                 alt = ["--recipe", name, *config_argv(cfg, skip=("out",), base=base)]
                 if len(alt) < len(argv):
                     argv = alt
@@ -151,10 +148,6 @@ def command(run: dict[str, Any], path: Path) -> str:
     if device and str(device).endswith(".toml") and Path(str(device)).stem == name and name in shipped_profiles():
         argv = [("devices/" + Path(str(device)).name) if a == device else a for a in argv]  # a shipped profile
     return " ".join(shlex.quote(a) for a in ["analogff", "run", *argv, "--out", str(path.parent)])
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    return json.dumps(a) == json.dumps(b)
 
 
 def commit(run: dict[str, Any]) -> str:

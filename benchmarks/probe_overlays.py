@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from analogff.experiment import ExperimentConfig, _data, build_ff_net  # noqa: E402
 from analogff.ff import FFNet, overlay_label, overlay_neutral  # noqa: E402
+from analogff.options import config_from_dict  # noqa: E402
 from analogff.probes import fit_probe  # noqa: E402
 
 OVERLAYS = ("neutral", "zero", "mean10")
@@ -47,8 +48,7 @@ def load_digital_ff(run: Path) -> tuple[ExperimentConfig, FFNet, dict]:
     if not ck_path.exists():
         raise SystemExit(f"{ck_path} not found: give a run directory whose digital_ff checkpoint was kept")
     conf = json.loads((run / "state" / "config.json").read_text())["config"]
-    fields = ExperimentConfig.__dataclass_fields__
-    cfg = ExperimentConfig(**{k: v for k, v in conf.items() if k in fields and k != "out"}, out=str(run))
+    cfg = config_from_dict({**conf, "out": str(run)})
     ffcfg = replace(cfg.ff, lr=cfg.ff_lr_digital, seed=cfg.seed, engine=cfg.engine)
     data = _data(cfg)
     net = build_ff_net(cfg, ffcfg, data["train"][0].shape[1])
