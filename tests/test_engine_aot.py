@@ -77,6 +77,17 @@ def test_a_second_cache_loads_from_disk_without_compiling(root, compiles):
     assert compiles == []
 
 
+def test_inputs_that_alias_each_other_get_their_own_package(tmp_path, compiles):
+    """A call whose two arguments are one tensor must not be served by (or serve) the package of
+    calls where they differ: export merges aliased inputs, so the package would read one for both."""
+    cache = aot.PackageCache(tmp_path)
+    (chi, gran, bl, b, pd), kw = _mp_args(300, 400, 0.01)
+    _same(cache(_k_mp_prepare, (chi, gran, bl, b, b), kw), _k_mp_prepare(chi, gran, bl, b, b, **kw))
+    _same(cache(_k_mp_prepare, (chi, gran, bl, b, pd), kw), _k_mp_prepare(chi, gran, bl, b, pd, **kw))
+    _same(cache(_k_mp_prepare, (chi, gran, bl, pd, pd), kw), _k_mp_prepare(chi, gran, bl, pd, pd, **kw))
+    assert compiles == ["_k_mp_prepare", "_k_mp_prepare"]  # aliased, and not
+
+
 def test_a_broken_package_is_compiled_again(tmp_path, compiles):
     args, kw = _mp_args(40, 50, 0.01)
     aot.PackageCache(tmp_path)(_k_mp_prepare, args, kw)
@@ -111,8 +122,9 @@ def test_a_fresh_process_loads_its_packages_without_dynamo_or_inductor(root):
         "from analogff.engine.kernels import Kernels\n"
         "from analogff.engine.cells.mixed_precision import _k_mp_prepare\n"
         "chi = torch.randn(300, 400) * 0.05; col = torch.rand(300, 1)\n"
-        "out = Kernels(True)(_k_mp_prepare, chi, 0.01, col * 30, col, col, res=0.01)\n"
-        "want = _k_mp_prepare(chi, 0.01, col * 30, col, col, res=0.01)\n"
+        "pd = col.clone()  # not col itself: inputs that alias have a package of their own\n"
+        "out = Kernels(True)(_k_mp_prepare, chi, 0.01, col * 30, col, pd, res=0.01)\n"
+        "want = _k_mp_prepare(chi, 0.01, col * 30, col, pd, res=0.01)\n"
         "ok = all(torch.allclose(a, b, atol=1e-7) for a, b in zip(out, want))\n"
         "print(ok, 'torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)\n"
     )

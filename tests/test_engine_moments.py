@@ -32,3 +32,36 @@ def test_rowwise_moments_equal_the_identity_batch(name):
         for a, b in zip(fast[:4], ref[:4]):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         assert fast[4] == ref[4] == 1.0
+
+
+@pytest.mark.parametrize("d_sign", [1, -1, 0])
+@pytest.mark.parametrize("chopped", [False, True])
+def test_coincidence_moments_split_by_the_sign_of_x_d_and_the_choppers(d_sign, chopped):
+    """Up / down means and second moments against a direct sum over the batch: a device's
+    coincidence counts as down where x_i c_i d_o > 0 (c the input chopper), up where < 0. Covers the
+    one-GEMM path (x >= 0, d of one sign: FF's halves) and the general one (d of both signs)."""
+    from analogff.engine import weight_granularity
+    from analogff.engine.moments import _coincidence_moments
+    from analogff.engine.pulse_trains import _probabilities, _train_constants
+    from analogff.engine.rng import _Rng
+
+    cfg = load_device(DEVICES / "ecram.toml").rpu_config()
+    gran = weight_granularity(cfg.device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(20, 30, generator=g) * (torch.rand(20, 30, generator=g) < 0.4)
+    d = torch.randn(20, 12, generator=g)
+    d = d.abs() * d_sign if d_sign else d
+    chop = torch.where(torch.rand(30, generator=g) < 0.5, -1.0, 1.0) if chopped else None
+    lr = gran * 20
+    got = _coincidence_moments(x, d, lr, cfg.update, gran, _Rng(0, torch.device("cpu")), max_second=0, col_sign=chop)
+    bl, a, b = _train_constants(x.abs().amax(1), d.abs().amax(1), lr, cfg.update, gran)
+    px, pd = _probabilities(x, b, cfg.update), _probabilities(d, a, cfg.update)
+    xs = x * (chop if chopped else 1.0)
+    sign = torch.sign(d)[:, :, None] * torch.sign(xs)[:, None, :]  # (B, out, in)
+    c = (bl[:, None, None] * pd[:, :, None] * px[:, None, :]).double()
+    c2 = c * (pd[:, :, None] * px[:, None, :]).double()
+    want = [(c * (sign < 0)).sum(0), (c * (sign > 0)).sum(0), (c2 * (sign < 0)).sum(0), (c2 * (sign > 0)).sum(0)]
+    assert float(want[0].sum()) > 0 or float(want[1].sum()) > 0
+    for got_t, want_t in zip(got[:4], want):
+        assert torch.allclose(got_t.double(), want_t, rtol=1e-5, atol=1e-6)
+    assert got[4] == 1.0

@@ -157,10 +157,17 @@ class _Call:
         self.inputs: list[Tensor] = []
         self.floats: dict[str, float] = {}  # dynamic floats as given (the eager check calls with them)
         key: list[Any] = [plan.fn]
+        seen: dict[int, str] = {}  # storage -> the first input on it
         for name, value in plan.bind(args, kwargs):
             if isinstance(value, Tensor):
                 t = value if value.is_contiguous() else value.contiguous()
-                key.append((name, t.dtype, t.device.type, tuple(s == 1 for s in t.shape)))
+                # export merges inputs that are one tensor: a call whose inputs alias gets its own package
+                ptr = t.untyped_storage().data_ptr() if t.numel() else None
+                alias = seen.get(ptr) if ptr is not None else None
+                if ptr is not None and alias is None:
+                    seen[ptr] = name
+                key.append((name, t.dtype, t.device.type, tuple(s == 1 for s in t.shape))
+                           + ((("alias", alias),) if alias is not None else ()))
                 self.names.append(name)
                 self.inputs.append(t)
             elif type(value) is float and name not in plan.statics:
@@ -185,9 +192,10 @@ class _Call:
         for part in self.key[1:]:
             if isinstance(part, str):
                 parts.append(f"{part}: float")
-            elif len(part) == 4:
-                name, dtype, dev, ones = part
-                parts.append(f"{name}: {str(dtype)[6:]}[{','.join('1' if o else 'n' for o in ones)}]@{dev}")
+            elif len(part) in (4, 5):
+                name, dtype, dev, ones = part[:4]
+                same = f" is {part[4][1]}" if len(part) == 5 else ""
+                parts.append(f"{name}: {str(dtype)[6:]}[{','.join('1' if o else 'n' for o in ones)}]@{dev}{same}")
             else:
                 parts.append(f"{part[0]}={part[2]!r}")
         return f"{self.fn.__module__}.{self.fn.__qualname__}({', '.join(parts)})"

@@ -174,7 +174,7 @@ class DeviceArray:
             one_sign = True
 
         def at(t: Tensor) -> Tensor:
-            return t if index is None else t.reshape(-1)[index]
+            return t if index is None else t.reshape(-1).index_select(0, index)
 
         decay = post and self.has_decay and index is None
         self.calls += 1
@@ -212,7 +212,7 @@ class DeviceArray:
             raise _refuse(self.where, "reset of a device with write noise (aihwkit refuses it too)")
 
         def at(t: Tensor) -> Tensor:
-            return t.reshape(-1)[index]
+            return t.reshape(-1).index_select(0, index)
 
         new = at(self.p["reset_bias"]) + float(self.cfg.reset_std) * rng.randn((int(index.numel()),))
         new = torch.minimum(torch.maximum(new, at(self.bmin)), at(self.bmax))

@@ -127,14 +127,15 @@ _PACKAGES: dict[Any, Any] = {}
 
 def _packages():
     """The process's :class:`~.aot.PackageCache` for ``$ANALOGFF_KERNEL_CACHE`` (None: ``off``)."""
-    from .aot import PackageCache, cache_dir
+    import os
 
-    root = cache_dir()
-    if root is None:
-        return None
-    if root not in _PACKAGES:
-        _PACKAGES[root] = PackageCache(root)
-    return _PACKAGES[root]
+    env = os.environ.get("ANALOGFF_KERNEL_CACHE")  # by the variable's value: no paths built per call
+    if env not in _PACKAGES:
+        from .aot import PackageCache, cache_dir
+
+        root = cache_dir()
+        _PACKAGES[env] = None if root is None else PackageCache(root)
+    return _PACKAGES[env]
 
 
 def _on_cpu(args: tuple) -> bool:

@@ -17,48 +17,67 @@ _SECOND_MOMENT_SAMPLES = 64
 
 
 def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, rng: _Rng,
-                         max_second: int = _SECOND_MOMENT_SAMPLES):
+                         max_second: int = _SECOND_MOMENT_SAMPLES, col_sign: Tensor | None = None):
     """Moments of the up and down coincidence counts per device over the batch.
 
-    Returns ``(mu_up, mu_down, m2_up, m2_down, m2_scale)``, each (out, in) (views): the means
-    ``sum_b BL_b p_x p_d`` split by the sign of ``x d`` (positive lowers the weight), one GEMM (two
-    when x has both signs), and ``m2 * m2_scale = sum_b BL_b p^2`` (the binomial variance is
-    ``mu - m2``), estimated from at most ``max_second`` samples of the batch (unbiased; it only
-    corrects a Poisson variance).
+    Returns ``(mu_up, mu_down, m2_up, m2_down, m2_scale)``, each (out, in): the means
+    ``sum_b BL_b p_x p_d`` split by the sign of ``x d`` (positive lowers the weight), and ``m2 *
+    m2_scale = sum_b BL_b p^2`` (the binomial variance is ``mu - m2``), estimated from at most
+    ``max_second`` samples of the batch (unbiased; it only corrects a Poisson variance).
+    ``col_sign`` (in,) of +-1: the input choppers, x's column i multiplied by ``col_sign[i]``.
+
+    The GEMMs: FF's activations are >= 0 and each half of its [positive; negative] batch has errors
+    of one sign, so every device's count has one sign: one GEMM over ``out`` rows, split by column
+    sign. Otherwise one GEMM over ``2 out`` rows (``[d > 0, d < 0]``), two when x has both signs.
     """
     bl, a, b = _train_constants(x.abs().amax(dim=1), d.abs().amax(dim=1), lr, up, gran)
     px = _probabilities(x, b, up)  # (B, in)
     pd = _probabilities(d, a, up)  # (B, out)
     dd = pd * bl[:, None]
-    zero = torch.zeros((), device=x.device)
-    d_pos = torch.where(d > 0, dd, zero)
-    d_neg = torch.where(d < 0, dd, zero)
-    n_out = d.shape[1]
     bsz = x.shape[0]
     if max_second > 0 and bsz > max_second:
         idx = torch.randperm(bsz, generator=rng.cpu)[:max_second].to(x.device)
         scale2 = bsz / max_second
     else:
         idx, scale2 = None, 1.0
-    pd_s = pd if idx is None else pd[idx]
-    if bool((x >= 0).all()):  # FF activations: one sign of x, one GEMM for both signs of d
+
+    def sample(t: Tensor) -> Tensor:
+        return t if idx is None else t[idx]
+
+    x_pos = bool((x >= 0).all())
+    d_sign = 1 if bool((d >= 0).all()) else -1 if bool((d <= 0).all()) else 0
+    if x_pos and d_sign != 0:  # every x d has the sign of d (times the column's chopper)
+        mu = dd.T @ px  # (out, in)
+        px_s = sample(px)
+        m2 = (sample(dd) * sample(pd)).T @ (px_s * px_s)
+        if col_sign is None:
+            z_mu, z_m2 = torch.zeros_like(mu), torch.zeros_like(m2)
+            return (z_mu, mu, z_m2, m2, scale2) if d_sign > 0 else (mu, z_mu, m2, z_m2, scale2)
+        down = (col_sign * d_sign > 0).to(mu.dtype)  # columns where x d > 0
+        upm = 1.0 - down
+        return mu * upm, mu * down, m2 * upm, m2 * down, scale2
+    if col_sign is not None:
+        x = x * col_sign
+    zero = torch.zeros((), device=x.device)
+    n_out = d.shape[1]
+    d_pos = torch.where(d > 0, dd, zero)
+    d_neg = torch.where(d < 0, dd, zero)
+    pd_s = sample(pd)
+    if bool((x >= 0).all()):  # one sign of x, one GEMM for both signs of d
         left = torch.cat((d_pos, d_neg), 1)  # (B, 2 out)
         mu = left.T @ px  # (2 out, in): rows [down; up]
-        ls = left if idx is None else left[idx]
-        px_s = px if idx is None else px[idx]
-        m2 = (ls * torch.cat((pd_s, pd_s), 1)).T @ (px_s * px_s)
+        px_s = sample(px)
+        m2 = (sample(left) * torch.cat((pd_s, pd_s), 1)).T @ (px_s * px_s)
     else:
-        zx = torch.zeros((), device=x.device)
-        x_pos = torch.where(x > 0, px, zx)
-        x_neg = torch.where(x < 0, px, zx)
+        x_pos = torch.where(x > 0, px, zero)
+        x_neg = torch.where(x < 0, px, zero)
         left = torch.cat((torch.cat((d_pos, d_neg), 1), torch.cat((d_neg, d_pos), 1)), 0)  # (2B, 2 out)
         right = torch.cat((x_pos, x_neg), 0)  # (2B, in)
         mu = left.T @ right
         if idx is not None:
             idx2 = torch.cat((idx, idx + bsz))
-            left, right, pd2 = left[idx2], right[idx2], torch.cat((pd_s, pd_s), 0)
-        else:
-            pd2 = torch.cat((pd, pd), 0)
+            left, right = left[idx2], right[idx2]
+        pd2 = torch.cat((pd_s, pd_s), 0)
         m2 = (left * torch.cat((pd2, pd2), 1)).T @ (right * right)
     return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
 

@@ -165,7 +165,7 @@ class OneSidedCell:
             cidx = None if n_cand > cand.numel() // 4 else cand.reshape(-1).nonzero().squeeze(1)
 
             def at(t: Tensor) -> Tensor:
-                return t if cidx is None else t.reshape(-1)[cidx]
+                return t if cidx is None else t.reshape(-1).index_select(0, cidx)
 
             crit, diff_p, diff_m = plus.k(_k_refresh_read, at(plus.w), at(minus.w),
                                           rng.key(), *plain,
@@ -190,7 +190,7 @@ class OneSidedCell:
         n_in = plus.shape[1]
         for dev, diff in ((plus, diff_p), (minus, diff_m)):
             # per column j: x = e_j, d = diff[:, j], lr = 1 (sign: increase), refresh update params
-            sub = diff.reshape(-1)[index]
+            sub = diff.reshape(-1).index_select(0, index)
             keep = sub > 0
             idx, sub = index[keep], sub[keep]
             if idx.numel() == 0:

@@ -272,13 +272,12 @@ class TransferCell:
         pulses = 0.0
         for i in range(k):  # each half's pulses, then the transfers due within it (aihwkit: after each sample)
             lo, hi = i * b // k, (i + 1) * b // k
-            mu_u, mu_d, m2_u, m2_d, sc = _coincidence_moments(x[lo:hi], d[lo:hi], ref, self.up, self.gran_a, rng,
-                                                              max(_SECOND_MOMENT_SAMPLES // k, 16))
-            if self.chopped:  # the chopper reverses the sign of A's update: swap raising and lowering
-                flip = (self.out_chop[:, None] * self.in_chop[None, :]) < 0  # (out, in)
-                if bool(flip.any()):
-                    mu_u, mu_d = torch.where(flip, mu_d, mu_u), torch.where(flip, mu_u, mu_d)
-                    m2_u, m2_d = torch.where(flip, m2_d, m2_u), torch.where(flip, m2_u, m2_d)
+            xi, di, col_sign = x[lo:hi], d[lo:hi], None
+            if self.chopped:  # the choppers multiply A's update: x by the input's, d by the output's
+                col_sign = self.in_chop if bool((self.in_chop < 0).any()) else None
+                di = di * self.out_chop if bool((self.out_chop < 0).any()) else di
+            mu_u, mu_d, m2_u, m2_d, sc = _coincidence_moments(xi, di, ref, self.up, self.gran_a, rng,
+                                                              max(_SECOND_MOMENT_SAMPLES // k, 16), col_sign)
             pulses += self.fast.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=i == k - 1)
             if every > 0:
                 left = (n0 + hi) // every - (n0 + lo) // every
@@ -512,10 +511,14 @@ class TransferCell:
                 f[:, cols] = m
                 full.append(f)
             return self.slow.pulse(full[0], full[1], full[2], full[3], rng, m2_scale=sc, one_sign=True)
-        idx = (torch.arange(n_out, device=u.device)[:, None] * n_in + self._col_index(cols)[None, :]).reshape(-1)
-        sel = active.nonzero().squeeze(1)
-        return self.slow.pulse(mu_u.reshape(-1)[sel], mu_d.reshape(-1)[sel], m2_u.reshape(-1)[sel],
-                               m2_d.reshape(-1)[sel], rng, m2_scale=sc, index=idx[sel], one_sign=True)
+        sel = active.nonzero().squeeze(1)  # flat in (out, k)
+        k = u.shape[1]
+        idx = (sel // k) * n_in + self._col_index(cols).index_select(0, sel % k)  # flat in C
+
+        def at(t: Tensor) -> Tensor:
+            return t.reshape(-1).index_select(0, sel)
+
+        return self.slow.pulse(at(mu_u), at(mu_d), at(m2_u), at(m2_d), rng, m2_scale=sc, index=idx, one_sign=True)
 
     # -- state -----------------------------------------------------------------------------------
     @property
