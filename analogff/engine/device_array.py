@@ -118,6 +118,9 @@ class DeviceArray:
         """Per-device constants of the closed forms, from ``p`` (the model's :meth:`derive`)."""
         p = self.p
         self.bmax, self.bmin = p["max_bound"], p["min_bound"]
+        # 1 / |bound|: a weight over its own bound is the device's relative conductance (read power)
+        self.inv_bmax = 1.0 / self.bmax.abs().clamp(min=1e-12)
+        self.inv_bmin = 1.0 / self.bmin.abs().clamp(min=1e-12)
         self.ref = p.get("reference", torch.zeros(self.shape, device=self.device))
         self.model.derive(self)
 

@@ -140,7 +140,7 @@ class OneSidedCell:
         n_out, n_in = plus.shape
         # relative conductances with the crossbar's mapping for a one-sided pair: each device's
         # (apparent) weight over its own upper bound, clipped to [0, 1]
-        g_rel = sum((dev.w * (1.0 / dev.bmax.abs().clamp(min=1e-12))).clamp(0, 1).sum(dtype=torch.float64)
+        g_rel = sum((dev.w * dev.inv_bmax).clamp(0, 1).sum(dtype=torch.float64)
                     for dev in (plus, minus))
         self.reads.add(mvms=2 * n_in, dac_conversions=2 * n_in, adc_conversions=2 * n_in * n_out,
                        device_reads=2 * n_in * n_out, v2=2 * n_in * n_out, v2g_rel=g_rel)

@@ -335,8 +335,7 @@ class TransferCell:
             return
         k, n_out = self._n_cols(cols), self.shape[0]
         a = self.fast.w[:, cols]
-        bp, bm = self.fast.bmax[:, cols].abs().clamp(min=1e-12), self.fast.bmin[:, cols].abs().clamp(min=1e-12)
-        g = (a.clamp(min=0) / bp).clamp(0, 1) + (a.clamp(max=0).neg() / bm).clamp(0, 1)
+        g = (a * torch.where(a > 0, self.fast.inv_bmax[:, cols], self.fast.inv_bmin[:, cols].neg())).clamp(0, 1)
         x2 = (self.read_io[0] if self.read_io is not None else 1.0) ** 2
         self.reads.add(mvms=k, dac_conversions=k, adc_conversions=k * n_out, device_reads=DEVICES_PER_WEIGHT * k * n_out,
                        v2=x2 * DEVICES_PER_WEIGHT * k * n_out, v2g_rel=x2 * g.sum(dtype=torch.float64))
