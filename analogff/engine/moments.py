@@ -44,9 +44,9 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     def sample(t: Tensor) -> Tensor:
         return t if idx is None else t[idx]
 
-    x_pos = bool((x >= 0).all())
+    x_nonneg = bool((x >= 0).all())
     d_sign = 1 if bool((d >= 0).all()) else -1 if bool((d <= 0).all()) else 0
-    if x_pos and d_sign != 0:  # every x d has the sign of d (times the column's chopper)
+    if x_nonneg and d_sign != 0:  # every x d has the sign of d (times the column's chopper)
         mu = dd.T @ px  # (out, in)
         px_s = sample(px)
         m2 = (sample(dd) * sample(pd)).T @ (px_s * px_s)
