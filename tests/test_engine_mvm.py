@@ -125,3 +125,28 @@ def test_a_vector_below_the_smallest_normal_float_reads_as_zero_not_nan(directio
     assert torch.isfinite(out).all()
     assert out[2].abs().max() <= out[4].abs().max() * 10 + 1e-6  # noise only, as for the zero vector
     assert out[[0, 1, 3, 5]].abs().max() > 0.05
+
+
+@pytest.mark.parametrize("nm", ["ABS_MAX", "MAX", "CONSTANT", "NONE"])
+@pytest.mark.parametrize("thres", [0.0, 0.5])
+def test_noise_management_scale_equals_aihwkits(nm, thres):
+    """The noise-management scale (abs-max per vector, without argmax indices) equals aihwkit's,
+    NaN and all-zero vectors included."""
+    from aihwkit.simulator.parameters.enums import NoiseManagementType
+    from aihwkit.simulator.tiles.analog_mvm import AnalogMVM
+
+    from analogff.engine.mvm import _analog_mvm
+
+    io = load_device(DEVICES / "ecram.toml").rpu_config().forward
+    io.nm_thres = thres
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, IN, generator=g)
+    x[1] = 0.0
+    x[2, 5] = float("nan")
+    want = AnalogMVM._compute_noise_management(x, NoiseManagementType[nm], io)
+    got = _analog_mvm()._compute_noise_management(x, NoiseManagementType[nm], io)
+    if isinstance(want, torch.Tensor):
+        assert got.shape == want.shape and torch.equal(want.isnan(), got.isnan())
+        assert torch.equal(want.nan_to_num(), got.nan_to_num())
+    else:
+        assert got == want

@@ -112,6 +112,16 @@ def _analog_mvm() -> type:
             return passed, out_values.clamp_(min=-bound, max=bound)
 
         @classmethod
+        def _compute_noise_management(cls, input_: Tensor, nm_type: Any, io_pars: Any, axis: int = -1):
+            """AnalogMVM._compute_noise_management with ``amax`` for the (abs-)max per vector: the same
+            values without the argmax indices that ``max(dim)`` also computes (4x slower)."""
+            name = str(getattr(nm_type, "name", nm_type)).upper()
+            if name not in ("ABS_MAX", "MAX"):
+                return super()._compute_noise_management(input_, nm_type, io_pars, axis)
+            m = (input_.abs() if name == "ABS_MAX" else input_).amax(dim=axis, keepdim=True)
+            return m.clamp(max=io_pars.nm_thres) if io_pars.nm_thres > 0.0 else m
+
+        @classmethod
         def _compute_analog_mv(cls, weight: Tensor, input_: Tensor, trans: bool, scale: Tensor | float, scaling: bool,
                                is_test: bool, io_pars: Any, kernels: Any = None, **fwd_pars: Any):
             """aihwkit's one-pass MVM; a plain read (:func:`plain_io`) with the engine's ``kernels``
