@@ -166,8 +166,7 @@ class _Call:
                 alias = seen.get(ptr) if ptr is not None else None
                 if ptr is not None and alias is None:
                     seen[ptr] = name
-                key.append((name, t.dtype, t.device.type, tuple(s == 1 for s in t.shape))
-                           + ((("alias", alias),) if alias is not None else ()))
+                key.append((name, t.dtype, t.device.type, tuple(s == 1 for s in t.shape), alias))
                 self.names.append(name)
                 self.inputs.append(t)
             elif type(value) is float and name not in plan.statics:
@@ -192,9 +191,9 @@ class _Call:
         for part in self.key[1:]:
             if isinstance(part, str):
                 parts.append(f"{part}: float")
-            elif len(part) in (4, 5):
-                name, dtype, dev, ones = part[:4]
-                same = f" is {part[4][1]}" if len(part) == 5 else ""
+            elif len(part) == 5:
+                name, dtype, dev, ones, alias = part
+                same = f" is {alias}" if alias is not None else ""
                 parts.append(f"{name}: {str(dtype)[6:]}[{','.join('1' if o else 'n' for o in ones)}]@{dev}{same}")
             else:
                 parts.append(f"{part[0]}={part[2]!r}")

@@ -84,7 +84,7 @@ def _analog_mvm() -> type:
     scale, hence their output noise relative to the signal (half of what a batch-wide retry leaves
     them). This subclass does the retry per vector; everything else is aihwkit's.
     """
-    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType
+    from aihwkit.simulator.parameters.enums import AnalogMVType, BoundManagementType, NoiseManagementType
     from aihwkit.simulator.tiles.analog_mvm import AnalogMVM, UniformQuantize
 
     class PerVectorAnalogMVM(AnalogMVM):
@@ -115,10 +115,9 @@ def _analog_mvm() -> type:
         def _compute_noise_management(cls, input_: Tensor, nm_type: Any, io_pars: Any, axis: int = -1):
             """AnalogMVM._compute_noise_management with ``amax`` for the (abs-)max per vector: the same
             values without the argmax indices that ``max(dim)`` also computes (4x slower)."""
-            name = str(getattr(nm_type, "name", nm_type)).upper()
-            if name not in ("ABS_MAX", "MAX"):
+            if nm_type not in (NoiseManagementType.ABS_MAX, NoiseManagementType.MAX):
                 return super()._compute_noise_management(input_, nm_type, io_pars, axis)
-            m = (input_.abs() if name == "ABS_MAX" else input_).amax(dim=axis, keepdim=True)
+            m = (input_.abs() if nm_type == NoiseManagementType.ABS_MAX else input_).amax(dim=axis, keepdim=True)
             return m.clamp(max=io_pars.nm_thres) if io_pars.nm_thres > 0.0 else m
 
         @classmethod
