@@ -102,6 +102,38 @@ def test_pcm_refresh_resets_saturated_pairs():
     assert float(both_high.float().mean()) < 0.05
 
 
+def test_pcm_pair_weights_are_cached_and_follow_every_change():
+    """The one-sided pair's w_1 - w_0 is computed once per state of its arrays: the same tensor
+    while nothing changes, a fresh difference after an update, set_weights, an in-place change of a
+    device array, a reload of the state and a change of the returned tensor itself."""
+    t = TorchPulsedEngine(IN, OUT, load_device(DEVICES / "pcm.toml").rpu_config(), seed=0)
+    cell = t.cell
+    t.set_weights(torch.rand(OUT, IN) - 0.5)
+
+    def check() -> torch.Tensor:
+        w = cell.weights()
+        assert torch.equal(w, cell.devs[1].w - cell.devs[0].w)
+        return w
+
+    w = check()
+    assert cell.weights() is w  # cached
+    g = torch.Generator().manual_seed(0)
+    t.update(torch.rand(B, IN, generator=g), torch.rand(B, OUT, generator=g) - 0.5, 0.05)
+    assert not torch.equal(check(), w)
+    w = check()
+    t.set_weights(torch.zeros(OUT, IN))
+    assert float(check().abs().max()) == 0.0
+    cell.devs[1].w.add_(0.25)  # in place: same tensor object, new version
+    assert float(check().min()) == pytest.approx(0.25)
+    state = t.state()
+    t.set_weights(torch.full((OUT, IN), -0.1))
+    check()
+    t.load_state(state)
+    assert float(check().min()) == pytest.approx(0.25)
+    cell.weights().mul_(0)  # a caller wrote into the returned tensor: not served again
+    assert float(check().min()) == pytest.approx(0.25)
+
+
 def test_crossbar_to_and_engine_device_argument():
     xbar = Crossbar(IN, OUT, device=DEVICES / "idealized.toml", seed=0, engine="torch").to("cpu")
     assert xbar.engine.device == torch.device("cpu")

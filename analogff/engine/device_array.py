@@ -121,7 +121,8 @@ class DeviceArray:
         # 1 / |bound|: a weight over its own bound is the device's relative conductance (read power)
         self.inv_bmax = 1.0 / self.bmax.abs().clamp(min=1e-12)
         self.inv_bmin = 1.0 / self.bmin.abs().clamp(min=1e-12)
-        self.ref = p.get("reference", torch.zeros(self.shape, device=self.device))
+        # the reference of w (SoftBoundsReference); a 0-d zero without one: nothing to gather or read
+        self.ref = p["reference"] if "reference" in p else torch.zeros((), device=self.device)
         self.model.derive(self)
 
     # -- state ---------------------------------------------------------------------------------
@@ -181,7 +182,8 @@ class DeviceArray:
 
         decay = post and self.has_decay and index is None
         self.calls += 1
-        hidden, app = at(self.hidden), at(self.w)
+        hidden = at(self.hidden)
+        app = hidden if self.w is self.hidden else at(self.w)  # one gather when they are one array
         h, w, n, decay = self.model.apply(self, hidden, app, at, shape, mu_u, mu_d, m2_u, m2_d, m2_scale, rng,
                                           decay=decay, one_sign=one_sign)
         if index is None:
@@ -193,6 +195,24 @@ class DeviceArray:
                 self.w = self.w.reshape(-1).index_copy(0, index, w).reshape(self.shape)
             else:
                 self.w = self.hidden
+        if post:
+            self.post_update(rng, decay=decay)
+        return float(n)
+
+    def pulse_by_column(self, mu: Tensor, m2: Tensor, down: Tensor, rng: _Rng, m2_scale: float = 1.0,
+                        post: bool = False) -> float:
+        """:meth:`pulse` of the whole array with moments whose sign is set by the column
+        (:class:`analogff.engine.moments.ColumnSplit`): the same pulses, through the model's
+        ``apply_by_column`` kernel when it has one (no four moment arrays written), else split here."""
+        apply = getattr(self.model, "apply_by_column", None)
+        if apply is None:
+            up = 1.0 - down
+            return self.pulse(mu * up, mu * down, m2 * up, m2 * down, rng, m2_scale=m2_scale, post=post)
+        decay = post and self.has_decay
+        self.calls += 1
+        h, w, n, decay = apply(self, mu, m2, down, m2_scale, rng, decay)
+        self.hidden = h
+        self.w = w if self.persistent else h
         if post:
             self.post_update(rng, decay=decay)
         return float(n)

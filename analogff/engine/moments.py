@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -16,8 +16,22 @@ from .rng import _Rng
 _SECOND_MOMENT_SAMPLES = 64
 
 
+class ColumnSplit(NamedTuple):
+    """Moments whose sign is set by the column alone (:func:`_coincidence_moments` with
+    ``by_column``): device (i, j) gets only down pulses where ``down[j]`` is 1, only up pulses where
+    it is 0. ``mu_up = mu (1 - down)``, ``mu_down = mu down``, and so for ``m2``: a kernel that
+    takes this form (:meth:`analogff.engine.device_array.DeviceArray.pulse_by_column`) reads two
+    arrays instead of four, and nobody writes the four."""
+
+    mu: Tensor  #: (out, in) mean coincidence count
+    m2: Tensor  #: (out, in) second-moment sum (times ``m2_scale``)
+    down: Tensor  #: (in,) 1.0 where the column's pulses lower the weight, else 0.0
+    m2_scale: float
+
+
 def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, rng: _Rng,
-                         max_second: int = _SECOND_MOMENT_SAMPLES, col_sign: Tensor | None = None):
+                         max_second: int = _SECOND_MOMENT_SAMPLES, col_sign: Tensor | None = None,
+                         by_column: bool = False):
     """Moments of the up and down coincidence counts per device over the batch.
 
     Returns ``(mu_up, mu_down, m2_up, m2_down, m2_scale)``, each (out, in): the means
@@ -29,6 +43,7 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     The GEMMs: FF's activations are >= 0 and each half of its [positive; negative] batch has errors
     of one sign, so every device's count has one sign: one GEMM over ``out`` rows, split by column
     sign. Otherwise one GEMM over ``2 out`` rows (``[d > 0, d < 0]``), two when x has both signs.
+    ``by_column``: in the one-sign case return a :class:`ColumnSplit` instead of the four arrays.
     """
     bl, a, b = _train_constants(x.abs().amax(dim=1), d.abs().amax(dim=1), lr, up, gran)
     px = _probabilities(x, b, up)  # (B, in)
@@ -50,6 +65,10 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
         mu = dd.T @ px  # (out, in)
         px_s = sample(px)
         m2 = (sample(dd) * sample(pd)).T @ (px_s * px_s)
+        if by_column:
+            sign = col_sign * d_sign if col_sign is not None else torch.full((mu.shape[1],), float(d_sign),
+                                                                             device=mu.device, dtype=mu.dtype)
+            return ColumnSplit(mu, m2, (sign > 0).to(mu.dtype), scale2)
         if col_sign is None:
             z_mu, z_m2 = torch.zeros_like(mu), torch.zeros_like(m2)
             return (z_mu, mu, z_m2, m2, scale2) if d_sign > 0 else (mu, z_mu, m2, z_m2, scale2)

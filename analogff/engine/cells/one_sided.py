@@ -40,6 +40,17 @@ def _k_refresh_read(wp: Tensor, wm: Tensor, key: Tensor, out_noise: float, res: 
     return crit.to(wp.dtype), torch.where(crit & bigger, rp - rm, 0.0), torch.where(crit & ~bigger, rm - rp, 0.0)
 
 
+def _k_refresh_scan(wp: Tensor, wm: Tensor, inv_p: Tensor, inv_m: Tensor, lim_p: float, lim_m: float):
+    """One pass over both device arrays before a refresh: the read power of the refresh's column
+    reads (the sum over both arrays of each device's weight over its own bound, clipped to [0, 1]:
+    its relative conductance, float64) and the candidate mask (1.0 where both devices are above
+    ``lim_p`` / ``lim_m``, the pairs the refresh read can find over its thresholds) with its count:
+    ``(g_rel, cand, n_cand)``."""
+    g_rel = (wp * inv_p).clamp(0, 1).sum(dtype=torch.float64) + (wm * inv_m).clamp(0, 1).sum(dtype=torch.float64)
+    cand = (torch.minimum(wp - lim_p, wm - lim_m) > 0).to(wp.dtype)
+    return g_rel, cand, cand.sum()
+
+
 class OneSidedCell:
     """aihwkit's OneSidedUnitCell: w = w_1 - w_0, both devices only pulsed up, with refresh."""
 
@@ -66,9 +77,18 @@ class OneSidedCell:
         self._mvm = AnalogMVM
         self.n_samples = 0  # current_update_idx_
         self.refreshes = 0
+        self._w_cache: tuple | None = None  # (w_1, w_0, their versions, w_1 - w_0, its version)
 
     def weights(self) -> Tensor:
-        return self.devs[1].w - self.devs[0].w
+        """w_1 - w_0, computed once per state of the two arrays (the forward reads it every MVM;
+        the arrays change only when pulsed, reset or loaded). Read-only, as every cell's."""
+        a, b = self.devs[1].w, self.devs[0].w
+        key = (a._version, b._version)
+        c = self._w_cache
+        if c is None or c[0] is not a or c[1] is not b or c[2] != key or c[3]._version != c[4]:
+            w = a - b
+            c = self._w_cache = (a, b, key, w, w._version)
+        return c[3]
 
     def set_weights(self, w: Tensor, rng: _Rng) -> None:
         self.devs[1].set_weights(w.clamp(min=0), rng)
@@ -125,7 +145,7 @@ class OneSidedCell:
             _, out = self._mvm._finalize_output(out_values=w.clone(), io_pars=self.refresh_io)
         return out
 
-    def _count_refresh_reads(self) -> None:
+    def _count_refresh_reads(self, g_rel: Tensor | None = None) -> None:
         """The refresh's reads, as the hardware does them: each device array is read column by
         column through the refresh forward (aihwkit's refreshWeights: input e_i on row i, every
         column through output noise and ADC), i.e. per array ``in`` MVMs, each driving one row (one
@@ -138,10 +158,9 @@ class OneSidedCell:
             return
         plus, minus = self.devs[1], self.devs[0]
         n_out, n_in = plus.shape
-        # relative conductances with the crossbar's mapping for a one-sided pair: each device's
-        # (apparent) weight over its own upper bound, clipped to [0, 1]
-        g_rel = sum((dev.w * dev.inv_bmax).clamp(0, 1).sum(dtype=torch.float64)
-                    for dev in (plus, minus))
+        if g_rel is None:  # relative conductances with the crossbar's mapping for a one-sided pair:
+            # each device's (apparent) weight over its own upper bound, clipped to [0, 1]
+            g_rel = sum((dev.w * dev.inv_bmax).clamp(0, 1).sum(dtype=torch.float64) for dev in (plus, minus))
         self.reads.add(mvms=2 * n_in, dac_conversions=2 * n_in, adc_conversions=2 * n_in * n_out,
                        device_reads=2 * n_in * n_out, v2=2 * n_in * n_out, v2g_rel=g_rel)
 
@@ -151,15 +170,17 @@ class OneSidedCell:
         w_max = abs(float(plus.cfg.w_max))
         w_min = abs(float(minus.cfg.w_max))  # also w_max, because of the one-sidedness
         hi, lo = float(self.cfg.refresh_upper_thres), float(self.cfg.refresh_lower_thres)
-        self._count_refresh_reads()
         plain = self._plain_read()
         if plain is not None:
             # only pairs whose devices are both near the lower threshold or above can be refreshed:
-            # read those (7 sigma of read noise and one ADC step of margin)
+            # read those (7 sigma of read noise and one ADC step of margin); the same pass sums
+            # the read power of the refresh's reads, which read every device
             noise, res, bound = plain
             margin = 7 * noise + res
-            cand = torch.minimum(plus.w - (lo * w_max - margin), minus.w - (lo * w_min - margin)) > 0
-            n_cand = int(torch.count_nonzero(cand))  # (a bool sum casts to int64 first: 8x slower)
+            g_rel, cand, n_cand = plus.k(_k_refresh_scan, plus.w, minus.w, plus.inv_bmax, minus.inv_bmax,
+                                         lo * w_max - margin, lo * w_min - margin)
+            self._count_refresh_reads(g_rel)
+            n_cand = int(n_cand)
             if n_cand == 0:
                 return 0.0
             cidx = None if n_cand > cand.numel() // 4 else cand.reshape(-1).nonzero().squeeze(1)
@@ -170,19 +191,19 @@ class OneSidedCell:
             crit, diff_p, diff_m = plus.k(_k_refresh_read, at(plus.w), at(minus.w),
                                           rng.key(), *plain,
                                           w_max=w_max, w_min=w_min, hi=hi, lo=lo)
-            if cidx is not None:  # back to full arrays (few entries)
-                full = torch.zeros(plus.shape, device=plus.device).reshape(-1)
-                crit = full.index_copy(0, cidx, crit).reshape(plus.shape)
-                diff_p = full.index_copy(0, cidx, diff_p).reshape(plus.shape)
-                diff_m = full.index_copy(0, cidx, diff_m).reshape(plus.shape)
         else:
+            self._count_refresh_reads()
+            cidx = None
             wp, wm = self._read(plus.w, rng), self._read(minus.w, rng)
             crit, diff_p, diff_m = _k_refresh_read(wp, wm, torch.zeros((), dtype=torch.int64, device=wp.device), 0.0, 0.0,
                                                    1e30, w_max, w_min, hi, lo)
-        index = crit.reshape(-1).nonzero().squeeze(1)
-        n_ref = int(index.numel())
+        # the refreshed pairs: flat device indices, and the entries of crit / diff_* (the candidates'
+        # when cidx is given, else the full arrays') at them
+        at_ref = crit.reshape(-1).nonzero().squeeze(1)
+        n_ref = int(at_ref.numel())
         if n_ref == 0:
             return 0.0
+        index = at_ref if cidx is None else cidx.index_select(0, at_ref)
         self.refreshes += n_ref
         plus.reset_at(index, rng)
         minus.reset_at(index, rng)
@@ -190,16 +211,17 @@ class OneSidedCell:
         n_in = plus.shape[1]
         for dev, diff in ((plus, diff_p), (minus, diff_m)):
             # per column j: x = e_j, d = diff[:, j], lr = 1 (sign: increase), refresh update params
-            sub = diff.reshape(-1).index_select(0, index)
+            sub = diff.reshape(-1).index_select(0, at_ref)
             keep = sub > 0
             idx, sub = index[keep], sub[keep]
             if idx.numel() == 0:
                 continue
-            d_max = diff.amax(dim=0)  # (in,)
+            cols = idx % n_in
+            # the column maxima of diff (0 off the refreshed pairs): over the kept entries, from 0
+            d_max = torch.zeros(n_in, device=sub.device, dtype=sub.dtype).scatter_reduce_(0, cols, sub, "amax")
             ones = torch.ones_like(d_max)
             bl, a, b = _train_constants(ones, d_max, 1.0, self.refresh_up, self.gran)
             px = _probabilities(ones[:, None], b, self.refresh_up)[:, 0]  # (in,)
-            cols = idx % n_in
             p = _probabilities(sub[:, None], a[cols], self.refresh_up)[:, 0] * px[cols]
             mu = bl[cols] * p
             pulses += dev.pulse(mu, None, mu * p, None, rng, index=idx)

@@ -67,7 +67,7 @@ from torch import Tensor
 
 from ..device_array import DeviceArray
 from ..kernels import Kernels
-from ..moments import _SECOND_MOMENT_SAMPLES, _coincidence_moments, _rowwise_moments
+from ..moments import _SECOND_MOMENT_SAMPLES, ColumnSplit, _coincidence_moments, _rowwise_moments
 from ..pulse_trains import _check_pulse_type, weight_granularity
 from ..reads import DEVICES_PER_WEIGHT, Reads
 from ..refuse import _refuse
@@ -276,9 +276,14 @@ class TransferCell:
             if self.chopped:  # the choppers multiply A's update: x by the input's, d by the output's
                 col_sign = self.in_chop if bool((self.in_chop < 0).any()) else None
                 di = di * self.out_chop if bool((self.out_chop < 0).any()) else di
-            mu_u, mu_d, m2_u, m2_d, sc = _coincidence_moments(xi, di, ref, self.up, self.gran_a, rng,
-                                                              max(_SECOND_MOMENT_SAMPLES // k, 16), col_sign)
-            pulses += self.fast.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=i == k - 1)
+            mom = _coincidence_moments(xi, di, ref, self.up, self.gran_a, rng, max(_SECOND_MOMENT_SAMPLES // k, 16),
+                                       col_sign, by_column=True)
+            if isinstance(mom, ColumnSplit):  # FF's half batches: one sign per column
+                pulses += self.fast.pulse_by_column(mom.mu, mom.m2, mom.down, rng, m2_scale=mom.m2_scale,
+                                                    post=i == k - 1)
+            else:
+                mu_u, mu_d, m2_u, m2_d, sc = mom
+                pulses += self.fast.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=i == k - 1)
             if every > 0:
                 left = (n0 + hi) // every - (n0 + lo) // every
                 while left > 0:
