@@ -102,6 +102,23 @@ def test_pcm_refresh_resets_saturated_pairs():
     assert float(both_high.float().mean()) < 0.05
 
 
+def test_pcm_refresh_scan_sums_read_power_and_finds_the_candidates():
+    """The refresh's one-pass scan: the read power term is the sum over both arrays of each device's
+    weight over its own bound clipped to [0, 1], the candidates the pairs with both devices above
+    their limits, and their count; a pair at a limit or with one device below it is not a candidate."""
+    from analogff.engine.cells.one_sided import _k_refresh_scan
+
+    g = torch.Generator().manual_seed(3)
+    wp, wm = torch.rand(40, 30, generator=g) * 1.2 - 0.1, torch.rand(40, 30, generator=g) * 1.2 - 0.1
+    inv_p, inv_m = 1 / (0.5 + torch.rand(40, 30, generator=g)), 1 / (0.5 + torch.rand(40, 30, generator=g))
+    wp[0, 0], wm[0, 0] = 0.6, 0.9  # wp exactly at its limit: not a candidate
+    g_rel, cand, n = _k_refresh_scan(wp, wm, inv_p, inv_m, 0.6, 0.5)
+    want = (wp * inv_p).clamp(0, 1).double().sum() + (wm * inv_m).clamp(0, 1).double().sum()
+    assert float(g_rel) == pytest.approx(float(want), rel=1e-12)
+    assert torch.equal(cand.bool(), (wp > 0.6) & (wm > 0.5))
+    assert float(cand[0, 0]) == 0.0 and 0 < int(n) == int(cand.sum()) < cand.numel()
+
+
 def test_pcm_pair_weights_are_cached_and_follow_every_change():
     """The one-sided pair's w_1 - w_0 is computed once per state of its arrays: the same tensor
     while nothing changes, a fresh difference after an update, set_weights, an in-place change of a
