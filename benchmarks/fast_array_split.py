@@ -1,6 +1,6 @@
 """One half batch's pulses on a transfer compound's fast array: moments split by column
 (``DeviceArray.pulse_by_column``, the kernel forms the four moment arrays) against the four arrays
-written out first (``DeviceArray.pulse`` after ``mu * up, mu * down, m2 * up, m2 * down``).
+written out first (``DeviceArray.pulse`` after ``split_by_column``).
 
 Both paths give the same weights (tests/test_engine_moments.py); this times them in one process,
 interleaved, on the 784 x 500 fast array of a profile, 1 thread::
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from analogff.crossbar import Crossbar
+    from analogff.engine.moments import split_by_column
     from analogff.experiment import keep_freed_memory
 
     keep_freed_memory()  # as the main job does
@@ -44,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = xbar.engine.rng
 
     def four() -> None:
-        up = 1.0 - down
-        arr.pulse(mu * up, mu * down, m2 * up, m2 * down, rng)
+        arr.pulse(*split_by_column(mu, m2, down), rng)
 
     def by_column() -> None:
         arr.pulse_by_column(mu, m2, down, rng)

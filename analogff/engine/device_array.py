@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .kernels import Kernels
 from .models import model_for
+from .moments import split_by_column
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -186,6 +187,25 @@ class DeviceArray:
         app = hidden if self.w is self.hidden else at(self.w)  # one gather when they are one array
         h, w, n, decay = self.model.apply(self, hidden, app, at, shape, mu_u, mu_d, m2_u, m2_d, m2_scale, rng,
                                           decay=decay, one_sign=one_sign)
+        return self._store(h, w, n, index, rng, post, decay)
+
+    def pulse_by_column(self, mu: Tensor, m2: Tensor, down: Tensor, rng: _Rng, m2_scale: float = 1.0,
+                        post: bool = False) -> float:
+        """:meth:`pulse` of the whole array with moments whose sign is set by the column
+        (:class:`analogff.engine.moments.ColumnSplit`): the same pulses, through the model's
+        ``apply_by_column`` kernel when it has one (no four moment arrays written), else split here."""
+        apply = getattr(self.model, "apply_by_column", None)
+        if apply is None:
+            mu_u, mu_d, m2_u, m2_d = split_by_column(mu, m2, down)
+            return self.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=m2_scale, post=post)
+        self.calls += 1
+        h, w, n, decay = apply(self, mu, m2, down, m2_scale, rng, post and self.has_decay)
+        return self._store(h, w, n, None, rng, post, decay)
+
+    def _store(self, h: Tensor, w: Tensor, n: Tensor, index: Tensor | None, rng: _Rng, post: bool,
+               decay: bool) -> float:
+        """The end of a pulse: the new hidden and apparent weights (of the devices ``index``, or all),
+        then the once-per-batch step (``post``; ``decay``: the decay the kernel left to do)."""
         if index is None:
             self.hidden = h
             self.w = w if self.persistent else h
@@ -195,24 +215,6 @@ class DeviceArray:
                 self.w = self.w.reshape(-1).index_copy(0, index, w).reshape(self.shape)
             else:
                 self.w = self.hidden
-        if post:
-            self.post_update(rng, decay=decay)
-        return float(n)
-
-    def pulse_by_column(self, mu: Tensor, m2: Tensor, down: Tensor, rng: _Rng, m2_scale: float = 1.0,
-                        post: bool = False) -> float:
-        """:meth:`pulse` of the whole array with moments whose sign is set by the column
-        (:class:`analogff.engine.moments.ColumnSplit`): the same pulses, through the model's
-        ``apply_by_column`` kernel when it has one (no four moment arrays written), else split here."""
-        apply = getattr(self.model, "apply_by_column", None)
-        if apply is None:
-            up = 1.0 - down
-            return self.pulse(mu * up, mu * down, m2 * up, m2 * down, rng, m2_scale=m2_scale, post=post)
-        decay = post and self.has_decay
-        self.calls += 1
-        h, w, n, decay = apply(self, mu, m2, down, m2_scale, rng, decay)
-        self.hidden = h
-        self.w = w if self.persistent else h
         if post:
             self.post_update(rng, decay=decay)
         return float(n)

@@ -19,7 +19,8 @@ _SECOND_MOMENT_SAMPLES = 64
 class ColumnSplit(NamedTuple):
     """Moments whose sign is set by the column alone (:func:`_coincidence_moments` with
     ``by_column``): device (i, j) gets only down pulses where ``down[j]`` is 1, only up pulses where
-    it is 0. ``mu_up = mu (1 - down)``, ``mu_down = mu down``, and so for ``m2``: a kernel that
+    it is 0. ``mu_up = mu (1 - down)``, ``mu_down = mu down``, and so for ``m2``
+    (:func:`split_by_column`): a kernel that
     takes this form (:meth:`analogff.engine.device_array.DeviceArray.pulse_by_column`) reads two
     arrays instead of four, and nobody writes the four."""
 
@@ -27,6 +28,13 @@ class ColumnSplit(NamedTuple):
     m2: Tensor  #: (out, in) second-moment sum (times ``m2_scale``)
     down: Tensor  #: (in,) 1.0 where the column's pulses lower the weight, else 0.0
     m2_scale: float
+
+
+def split_by_column(mu: Tensor, m2: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(mu_up, mu_down, m2_up, m2_down)`` of a :class:`ColumnSplit`'s ``mu``, ``m2`` and ``down``:
+    element-wise, so a kernel can call it on its inputs (:func:`analogff.engine.models.affine._k_affine_cols`)."""
+    up = 1.0 - down
+    return mu * up, mu * down, m2 * up, m2 * down
 
 
 def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, rng: _Rng,
@@ -65,16 +73,13 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
         mu = dd.T @ px  # (out, in)
         px_s = sample(px)
         m2 = (sample(dd) * sample(pd)).T @ (px_s * px_s)
-        if by_column:
-            sign = col_sign * d_sign if col_sign is not None else torch.full((mu.shape[1],), float(d_sign),
-                                                                             device=mu.device, dtype=mu.dtype)
-            return ColumnSplit(mu, m2, (sign > 0).to(mu.dtype), scale2)
-        if col_sign is None:
+        if col_sign is None and not by_column:
             z_mu, z_m2 = torch.zeros_like(mu), torch.zeros_like(m2)
             return (z_mu, mu, z_m2, m2, scale2) if d_sign > 0 else (mu, z_mu, m2, z_m2, scale2)
-        down = (col_sign * d_sign > 0).to(mu.dtype)  # columns where x d > 0
-        upm = 1.0 - down
-        return mu * upm, mu * down, m2 * upm, m2 * down, scale2
+        sign = col_sign * d_sign if col_sign is not None else torch.full((mu.shape[1],), float(d_sign),
+                                                                         device=mu.device, dtype=mu.dtype)
+        down = (sign > 0).to(mu.dtype)  # columns where x d > 0
+        return ColumnSplit(mu, m2, down, scale2) if by_column else (*split_by_column(mu, m2, down), scale2)
     if col_sign is not None:
         x = x * col_sign
     zero = torch.zeros((), device=x.device)

@@ -145,7 +145,7 @@ class OneSidedCell:
             _, out = self._mvm._finalize_output(out_values=w.clone(), io_pars=self.refresh_io)
         return out
 
-    def _count_refresh_reads(self, g_rel: Tensor | None = None) -> None:
+    def _count_refresh_reads(self, g_rel: Tensor) -> None:
         """The refresh's reads, as the hardware does them: each device array is read column by
         column through the refresh forward (aihwkit's refreshWeights: input e_i on row i, every
         column through output noise and ADC), i.e. per array ``in`` MVMs, each driving one row (one
@@ -156,11 +156,7 @@ class OneSidedCell:
         the simulation, not of the hardware, so it does not reduce the count."""
         if self.reads is None:
             return
-        plus, minus = self.devs[1], self.devs[0]
-        n_out, n_in = plus.shape
-        if g_rel is None:  # relative conductances with the crossbar's mapping for a one-sided pair:
-            # each device's (apparent) weight over its own upper bound, clipped to [0, 1]
-            g_rel = sum((dev.w * dev.inv_bmax).clamp(0, 1).sum(dtype=torch.float64) for dev in (plus, minus))
+        n_out, n_in = self.devs[1].shape
         self.reads.add(mvms=2 * n_in, dac_conversions=2 * n_in, adc_conversions=2 * n_in * n_out,
                        device_reads=2 * n_in * n_out, v2=2 * n_in * n_out, v2g_rel=g_rel)
 
@@ -171,15 +167,16 @@ class OneSidedCell:
         w_min = abs(float(minus.cfg.w_max))  # also w_max, because of the one-sidedness
         hi, lo = float(self.cfg.refresh_upper_thres), float(self.cfg.refresh_lower_thres)
         plain = self._plain_read()
+        # one pass over both arrays: the read power of the refresh's reads, which read every device
+        # (relative conductances with the crossbar's mapping for a one-sided pair: each device's
+        # weight over its own upper bound, clipped to [0, 1]), and, for a plain read, the pairs
+        # whose devices are both near the lower threshold or above (7 sigma of read noise and one
+        # ADC step of margin): only those can be refreshed, only those are simulated
+        margin = 7 * plain[0] + plain[1] if plain is not None else 0.0
+        g_rel, cand, n_cand = plus.k(_k_refresh_scan, plus.w, minus.w, plus.inv_bmax, minus.inv_bmax,
+                                     lo * w_max - margin, lo * w_min - margin)
+        self._count_refresh_reads(g_rel)
         if plain is not None:
-            # only pairs whose devices are both near the lower threshold or above can be refreshed:
-            # read those (7 sigma of read noise and one ADC step of margin); the same pass sums
-            # the read power of the refresh's reads, which read every device
-            noise, res, bound = plain
-            margin = 7 * noise + res
-            g_rel, cand, n_cand = plus.k(_k_refresh_scan, plus.w, minus.w, plus.inv_bmax, minus.inv_bmax,
-                                         lo * w_max - margin, lo * w_min - margin)
-            self._count_refresh_reads(g_rel)
             n_cand = int(n_cand)
             if n_cand == 0:
                 return 0.0
@@ -192,7 +189,6 @@ class OneSidedCell:
                                           rng.key(), *plain,
                                           w_max=w_max, w_min=w_min, hi=hi, lo=lo)
         else:
-            self._count_refresh_reads()
             cidx = None
             wp, wm = self._read(plus.w, rng), self._read(minus.w, rng)
             crit, diff_p, diff_m = _k_refresh_read(wp, wm, torch.zeros((), dtype=torch.int64, device=wp.device), 0.0, 0.0,

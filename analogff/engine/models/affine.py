@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import _bridge, _log1p_ratio, _pulse_draw
+from ..moments import split_by_column
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
@@ -24,8 +25,8 @@ def _k_affine_cols(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Ten
     """:func:`_k_affine` on moments split by column (:class:`analogff.engine.moments.ColumnSplit`):
     ``down`` (in,) 1 where a column's pulses lower the weight; the four moment arrays are formed
     here, element by element, instead of being written and read back."""
-    up = 1.0 - down
-    return _k_affine(hidden, app, ref, mu * up, mu * down, m2 * up, m2 * down, m2_scale, key, cu, cd, lu, ld, au, ad,
+    mu_u, mu_d, m2_u, m2_d = split_by_column(mu, m2, down)
+    return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, key, cu, cd, lu, ld, au, ad,
                      bu, bd, lo, hi, decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
 
 
@@ -95,25 +96,29 @@ class AffineModel(DeviceModel):
         arr.cu = su * _log1p_ratio(au)
         arr.cd = sd * _log1p_ratio(-ad)
 
+    def _device_args(self, arr: Any, at: Callable[[Tensor], Tensor], decay: bool) -> tuple[Tensor, tuple, dict]:
+        """The kernels' per-device inputs restricted by ``at``: the reference (0-d: none, nothing to
+        gather or read), the closed form's constants and the bounds, the decay's two parameters only
+        when the decay is done in the kernel (else a 0-d stand-in, not read), and the flags."""
+        ref = at(arr.ref) if arr.ref.dim() else arr.ref
+        dec, rb = (at(arr.p["decay_scales"]), at(arr.p["reset_bias"])) if decay else (arr.ref.new_zeros(()),) * 2
+        consts = (at(arr.cu), at(arr.cd), at(arr.lu), at(arr.ld), at(arr.au), at(arr.ad), at(arr.bu), at(arr.bd),
+                  at(arr.bmin), at(arr.bmax), dec, rb)
+        flags = dict(sigma=arr.sigma, wn=arr.write_noise, constant=self.constant, mult=arr.mult,
+                     persistent=arr.persistent, has_decay=decay)
+        return ref, consts, flags
+
     def apply(self, arr: Any, hidden: Tensor, app: Tensor, at: Callable[[Tensor], Tensor], shape: tuple[int, ...],
               mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float, rng: Any, decay: bool,
               one_sign: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
-        ref = at(arr.ref) if arr.ref.dim() else arr.ref  # 0-d: no reference
-        # the decay's parameters only when it is done here (a 0-d stand-in is not read)
-        dec, rb = (at(arr.p["decay_scales"]), at(arr.p["reset_bias"])) if decay else (arr.ref.new_zeros(()),) * 2
-        h, w, n = arr.k(_k_affine, hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(),
-                        at(arr.cu), at(arr.cd), at(arr.lu), at(arr.ld), at(arr.au), at(arr.ad), at(arr.bu),
-                        at(arr.bd), at(arr.bmin), at(arr.bmax), dec, rb, sigma=arr.sigma, wn=arr.write_noise,
-                        constant=self.constant, mult=arr.mult, persistent=arr.persistent,
-                        has_decay=decay)
+        ref, consts, flags = self._device_args(arr, at, decay)
+        h, w, n = arr.k(_k_affine, hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(), *consts, **flags)
         return h, w, n, False
 
     def apply_by_column(self, arr: Any, mu: Tensor, m2: Tensor, down: Tensor, m2_scale: float, rng: Any,
                         decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
         """:meth:`apply` on the whole array with moments split by column (``down`` (in,), see
         :class:`analogff.engine.moments.ColumnSplit`)."""
-        h, w, n = arr.k(_k_affine_cols, arr.hidden, arr.w, arr.ref, mu, m2, down, m2_scale, rng.key(),
-                        arr.cu, arr.cd, arr.lu, arr.ld, arr.au, arr.ad, arr.bu, arr.bd, arr.bmin, arr.bmax,
-                        arr.p["decay_scales"], arr.p["reset_bias"], sigma=arr.sigma, wn=arr.write_noise,
-                        constant=self.constant, mult=arr.mult, persistent=arr.persistent, has_decay=decay)
+        ref, consts, flags = self._device_args(arr, lambda t: t, decay)
+        h, w, n = arr.k(_k_affine_cols, arr.hidden, arr.w, ref, mu, m2, down, m2_scale, rng.key(), *consts, **flags)
         return h, w, n, False
