@@ -114,6 +114,10 @@ class FFConfig:
     weight_decay: float = 0.0
     cooldown: float = 0.5  #: last fraction of the epochs: lr decays linearly towards 0
     shift: int = 0  #: training images jittered by up to this many pixels (0: off)
+    elastic: float = 0.0  #: training images elastically distorted (Simard et al. 2003): a random displacement
+    #: field, uniform in [-1, 1] per pixel and axis, smoothed by a Gaussian of ``elastic_sigma`` pixels, times
+    #: this (pixels; Simard's 34 with sigma 4); 0: off. Applied before the shift
+    elastic_sigma: float = 4.0  #: std of the elastic field's Gaussian smoothing, in pixels
     collaborative: bool = False  #: layer collaboration (Lorberbom et al., AAAI 2024, arXiv 2305.12393): each layer's
     #: loss sees the goodness summed over every layer, the other layers' as constants, so its error is still
     #: local (one scalar per sample shared by the layers); the net's forward pass runs before any update
@@ -174,6 +178,11 @@ class FFConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0 <= self.dropout < 1:
             raise ValueError(f"FFConfig.dropout={self.dropout!r}; choose a probability in [0, 1)")
+        for name, lo in (("elastic", 0.0), ("elastic_sigma", None)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v < 0 if lo is not None else v <= 0):
+                raise ValueError(f"FFConfig.{name}={v!r}; choose a finite number {'>= 0 (0: off)' if lo is not None else '> 0'}")
         if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
             raise ValueError(f"FFConfig.analog_init_range={self.analog_init_range!r}; choose a fraction in (0, 1]")
         if self.collaborative and self.pairwise:
@@ -288,6 +297,42 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, si
     idx_b = torch.arange(b, device=x.device)[:, None, None, None]
     idx_c = torch.arange(c, device=x.device)[None, :, None, None]
     return img[idx_b, idx_c, rows, cols].reshape(b, -1)
+
+
+def warp(img: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Images (b, c, h, w) resampled bilinearly at displaced pixel positions: output pixel (i, j)
+    reads the input at (i + field[:, 1, i, j], j + field[:, 0, i, j]) (pixels; zero outside)."""
+    b, _, h, w = img.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=img.device, dtype=img.dtype),
+                            torch.arange(w, device=img.device, dtype=img.dtype), indexing="ij")
+    gx = (xs + field[:, 0]) * (2.0 / (w - 1)) - 1.0  # grid_sample's [-1, 1] with align_corners=True
+    gy = (ys + field[:, 1]) * (2.0 / (h - 1)) - 1.0
+    return F.grid_sample(img, torch.stack((gx, gy), dim=-1), mode="bilinear", padding_mode="zeros",
+                         align_corners=True)
+
+
+def elastic_distort(x: torch.Tensor, alpha: float, sigma: float, generator: torch.Generator,
+                    side: int = 28) -> torch.Tensor:
+    """Simard, Steinkraus & Platt, "Best practices for convolutional neural networks applied to
+    visual document analysis" (ICDAR 2003), section 2: each flattened image (channel-major, any
+    number of channels, all moved alike) resampled through its own displacement field, uniform in
+    [-1, 1] per pixel and axis, smoothed by a Gaussian of std ``sigma`` pixels (zero beyond the
+    border) and scaled by ``alpha`` pixels. alpha 0: the images unchanged."""
+    if alpha <= 0:
+        return x
+    b, n = x.shape
+    c, rest = divmod(n, side * side)
+    if rest or c < 1:
+        raise ValueError(f"elastic_distort: {n} values per image are not whole {side} x {side} channels; "
+                         "set FFConfig.image_side to the images' side")
+    field = torch.rand((b * 2, 1, side, side), generator=generator, device=generator.device).to(x.device) * 2 - 1
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    field = F.conv2d(field.to(x.dtype), k.view(1, 1, 1, -1), padding=(0, r))
+    field = F.conv2d(field, k.view(1, 1, -1, 1), padding=(r, 0)).view(b, 2, side, side) * alpha
+    return warp(x.view(b, c, side, side), field).reshape(b, n)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from analogff.energy import OpCounts, evaluation
-from analogff.ff import FFConfig, FFNet, random_shift
+from analogff.ff import FFConfig, FFNet, elastic_distort, random_shift
 
 
 
@@ -150,7 +150,8 @@ def train_ff(net: FFNet, data, cfg: FFConfig | None = None, epochs: int = 10, ba
         bar = _progress(range(n_batches), progress, f"FF epoch {epoch + 1}/{epochs}")
         for bi in bar:
             idx = perm[bi * batch_size:(bi + 1) * batch_size]
-            xb = random_shift(x_train[idx], cfg.shift, gen, cfg.image_side).to(dev)
+            xb = elastic_distort(x_train[idx], cfg.elastic, cfg.elastic_sigma, gen, cfg.image_side)
+            xb = random_shift(xb, cfg.shift, gen, cfg.image_side).to(dev)
             step = net.train_step(xb, y_train[idx].to(dev), gen, lr=lr, head_lr=head_lr, epoch=epoch)
             loss_sum += step["loss"]
             head_sum += step["head_loss"]

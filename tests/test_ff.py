@@ -11,6 +11,7 @@ import torch
 from analogff.ff import (
     FFConfig,
     FFNet,
+    elastic_distort,
     ff_loss_and_error,
     goodness,
     hard_wrong_labels,
@@ -20,6 +21,7 @@ from analogff.ff import (
     random_shift,
     random_wrong_labels,
     symba_loss,
+    warp,
 )
 
 from ffhelpers import FakeCrossbar, synthetic, tiny_net  # noqa: F401 (FakeCrossbar: used by name in a parametrize)
@@ -113,6 +115,48 @@ def test_random_shift_moves_every_channel_of_an_image_together():
         assert [float(out[i, c].sum()) for c in range(3)] == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="image_side"):
         random_shift(torch.zeros(2, 1000), 2, g, side=28)
+
+
+def test_warp_by_whole_pixels_is_a_shift_with_zero_fill():
+    """A constant displacement of whole pixels moves the image exactly (bilinear weights 0 / 1)."""
+    img = torch.rand(2, 1, 28, 28)
+    field = torch.zeros(2, 2, 28, 28)
+    field[0, 0] = 2.0  # image 0: reads 2 pixels to the right
+    field[1, 1] = -1.0  # image 1: reads 1 pixel up
+    out = warp(img, field)
+    want0 = torch.zeros(28, 28)
+    want0[:, :26] = img[0, 0, :, 2:]
+    want1 = torch.zeros(28, 28)
+    want1[1:, :] = img[1, 0, :27, :]
+    assert torch.allclose(out[0, 0], want0, atol=1e-6) and torch.allclose(out[1, 0], want1, atol=1e-6)
+
+
+def test_elastic_distort_field_size_and_seed():
+    """alpha 0 is the identity (no draws); otherwise the displacement follows alpha (a ramp image
+    reads its own x coordinate, so the output minus the input is the field's x part), the same
+    generator state gives the same images, and a wrong image size names FFConfig.image_side."""
+    ramp = torch.arange(28.0).repeat(28, 1).reshape(1, 784).repeat(64, 1)  # pixel value = its column
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(elastic_distort(ramp, 0.0, 4.0, g), ramp)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    inner = (slice(None), slice(4, 24), slice(4, 24))  # away from the zero fill at the border
+    dx = {}
+    for alpha in (10.0, 20.0):
+        out = elastic_distort(ramp, alpha, 4.0, torch.Generator().manual_seed(1))
+        dx[alpha] = (out - ramp).view(64, 28, 28)[inner]
+    # uniform(-1, 1) smoothed by a 2-D Gaussian of std 4: std 0.577 / (2 sqrt(pi) 4) = 0.041 per alpha
+    assert 0.025 * 10 < float(dx[10.0].std()) < 0.06 * 10
+    assert torch.allclose(dx[20.0], 2 * dx[10.0], atol=1e-3)  # same field, twice the size
+    a = elastic_distort(ramp, 10.0, 4.0, torch.Generator().manual_seed(2))
+    assert torch.equal(a, elastic_distort(ramp, 10.0, 4.0, torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="image_side"):
+        elastic_distort(torch.zeros(2, 1000), 10.0, 4.0, g)
+
+
+@pytest.mark.parametrize("field,value", [("elastic", -1.0), ("elastic", float("nan")), ("elastic_sigma", 0.0)])
+def test_elastic_options_refuse_bad_values(field, value):
+    with pytest.raises(ValueError, match=f"FFConfig.{field}="):
+        FFConfig(**{field: value})
 
 
 # ---------------------------------------------------------------------------------- prediction
