@@ -101,35 +101,3 @@ def test_pulse_by_column_applies_the_split_moments(name):
     assert not torch.equal(want, state[0])  # something was pulsed
     assert torch.equal(arr.hidden, want)
     assert n_cols == pytest.approx(n_split, rel=1e-6)
-
-
-@pytest.mark.parametrize("name", ["ecram", "reram_sb", "idealized", "reram_es"])
-def test_pulse_rows_applies_the_rowwise_moments(name):
-    """DeviceArray.pulse_rows (the affine models' own kernel, which forms a row transfer's moments
-    itself; ExpStep's fallback) leaves the array exactly where pulse with the four moment arrays of
-    _rowwise_moments does, from the same random state; the RowSplit's constants are those moments'."""
-    from analogff.engine import TorchPulsedEngine
-    from analogff.engine.moments import RowSplit, _k_rowwise, _rowwise_moments
-
-    eng = TorchPulsedEngine(30, 12, load_device(DEVICES / f"{name}.toml").rpu_config(), seed=0)
-    cell = eng.cell
-    arr = cell.arr
-    g = torch.Generator().manual_seed(3)
-    arr.set_weights((torch.rand(arr.shape, generator=g) - 0.5) * 0.2, eng.rng)
-    u = torch.randn(arr.shape, generator=g) * 1e-2
-    lr = 0.05
-    rows = _rowwise_moments(u, lr, cell.up, cell.gran, split=True)
-    assert isinstance(rows, RowSplit) and rows.u is u
-    mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, cell.up, cell.gran)
-    assert sc == 1.0
-    for got, want in zip(_k_rowwise(rows.u, rows.a, rows.px, rows.bl, rows.res), (mu_u, mu_d, m2_u, m2_d)):
-        assert torch.equal(got, want)
-    state = (arr.hidden.clone(), arr.w.clone(), eng.rng.gen.get_state())
-    n_four = arr.pulse(mu_u, mu_d, m2_u, m2_d, eng.rng, m2_scale=1.0, post=True, one_sign=True)
-    want_h, want_w = arr.hidden.clone(), arr.w.clone()
-    arr.hidden, arr.w = state[0].clone(), state[1].clone()
-    eng.rng.gen.set_state(state[2])
-    n_rows = arr.pulse_rows(rows, eng.rng, post=True)
-    assert not torch.equal(want_h, state[0])  # something was pulsed
-    assert torch.equal(arr.hidden, want_h) and torch.equal(arr.w, want_w)
-    assert n_rows == pytest.approx(n_four, rel=1e-6)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .kernels import Kernels
 from .models import model_for
-from .moments import RowSplit, _k_rowwise, split_by_column
+from .moments import split_by_column
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -200,18 +200,6 @@ class DeviceArray:
             return self.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=m2_scale, post=post)
         self.calls += 1
         h, w, n, decay = apply(self, mu, m2, down, m2_scale, rng, post and self.has_decay)
-        return self._store(h, w, n, None, rng, post, decay)
-
-    def pulse_rows(self, rows: RowSplit, rng: _Rng, post: bool = True) -> float:
-        """:meth:`pulse` of the whole array with a row-by-row transfer's moments (:class:`RowSplit`):
-        the same pulses, through the model's ``apply_rows`` kernel when it has one (the moments
-        formed in the kernel, no four arrays written), else formed here."""
-        apply = getattr(self.model, "apply_rows", None)
-        if apply is None:
-            mu_u, mu_d, m2_u, m2_d = self.k(_k_rowwise, rows.u, rows.a, rows.px, rows.bl, rows.res)
-            return self.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=1.0, post=post, one_sign=True)
-        self.calls += 1
-        h, w, n, decay = apply(self, rows, rng, post and self.has_decay)
         return self._store(h, w, n, None, rng, post, decay)
 
     def _store(self, h: Tensor, w: Tensor, n: Tensor, index: Tensor | None, rng: _Rng, post: bool,

@@ -121,31 +121,13 @@ def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
     return torch.where(neg, dd, zero), torch.where(pos, dd, zero), torch.where(neg, m2, zero), torch.where(pos, m2, zero)
 
 
-class RowSplit(NamedTuple):
-    """A row-by-row transfer's moments before they are formed (:func:`_rowwise_moments` with
-    ``split``): the update matrix and the (in,) constants of its rows' pulse trains. ``_k_rowwise(u,
-    a, px, bl, res)`` gives the four moment arrays element by element, so a device kernel can form
-    them on its inputs (:meth:`analogff.engine.device_array.DeviceArray.pulse_rows`) and nobody
-    writes the four. ``m2_scale`` is 1 (every device sees one sample)."""
-
-    u: Tensor  #: (out, in) the update matrix (positive entries lower the weight)
-    a: Tensor  #: (in,) column-probability scale of row i's train (the errors' side)
-    px: Tensor  #: (in,) the driven row's pulse probability
-    bl: Tensor  #: (in,) the train length of row i
-    res: float  #: the pulse probabilities' step (<= 0: continuous)
-
-
-def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: Kernels | None = None,
-                     split: bool = False):
+def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: Kernels | None = None):
     """:func:`_coincidence_moments` of ``x = I, d = u^T``: row i driven alone (value 1) with the
     column errors ``u[:, i]``, the row-by-row transfer of a digital update matrix u (out, in). Each
-    device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value;
-    ``split``: a :class:`RowSplit` instead (the four arrays not formed)."""
+    device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value."""
     n_in = u.shape[1]
     ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
     bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
     px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
-    if split:
-        return RowSplit(u, a, px, bl, _probability_step(up))
     run = kernels if kernels is not None else (lambda fn, *args: fn(*args))
     return (*run(_k_rowwise, u, a, px, bl, _probability_step(up)), 1.0)

@@ -39,7 +39,8 @@ class SingleCell:
 
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in); every device gets one sample's pulses."""
-        return self.arr.pulse_rows(_rowwise_moments(u, lr, self.up, self.gran, split=True), rng, post=True)
+        mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.up, self.gran, self.arr.k)
+        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=True, one_sign=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         # aihwkit pulses sample after sample: where the step depends on the weight or a bound is

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import _bridge, _log1p_ratio, _pulse_draw
-from ..aot import static
-from ..moments import RowSplit, _k_rowwise, split_by_column
+from ..moments import split_by_column
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
@@ -28,19 +27,6 @@ def _k_affine_cols(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Ten
     here, element by element, instead of being written and read back."""
     mu_u, mu_d, m2_u, m2_d = split_by_column(mu, m2, down)
     return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, key, cu, cd, lu, ld, au, ad,
-                     bu, bd, lo, hi, decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
-
-
-@static("res")
-def _k_affine_rows(hidden: Tensor, app: Tensor, ref: Tensor, u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float,
-                   key: Tensor, cu: Tensor, cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor,
-                   bd: Tensor, lo: Tensor, hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float,
-                   constant: bool, mult: bool, persistent: bool, has_decay: bool):
-    """:func:`_k_affine` on a row-by-row transfer (:class:`analogff.engine.moments.RowSplit`): the
-    four moment arrays are formed here (:func:`analogff.engine.moments._k_rowwise`), element by
-    element, instead of being written and read back."""
-    mu_u, mu_d, m2_u, m2_d = _k_rowwise(u, a, px, bl, res)
-    return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, 1.0, key, cu, cd, lu, ld, au, ad,
                      bu, bd, lo, hi, decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
 
 
@@ -135,11 +121,4 @@ class AffineModel(DeviceModel):
         :class:`analogff.engine.moments.ColumnSplit`)."""
         ref, consts, flags = self._device_args(arr, lambda t: t, decay)
         h, w, n = arr.k(_k_affine_cols, arr.hidden, arr.w, ref, mu, m2, down, m2_scale, rng.key(), *consts, **flags)
-        return h, w, n, False
-
-    def apply_rows(self, arr: Any, rows: RowSplit, rng: Any, decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
-        """:meth:`apply` on the whole array with a row-by-row transfer's moments (:class:`RowSplit`)."""
-        ref, consts, flags = self._device_args(arr, lambda t: t, decay)
-        h, w, n = arr.k(_k_affine_rows, arr.hidden, arr.w, ref, rows.u, rows.a, rows.px, rows.bl, rows.res,
-                        rng.key(), *consts, **flags)
         return h, w, n, False
