@@ -27,7 +27,7 @@ class Recipe:
 #: length normalisation, Adam 1e-3 (analog: the periphery's Adam, transferred row by row) decaying
 #: linearly to 0 over the second half of training. The rule-* recipes are the main job's analog FF
 #: with another periphery update rule at the learning rate that suits it. ``fmnist`` is the best
-#: digital FF recipe measured on Fashion-MNIST (docs/networks.md, "Longer training").
+#: digital FF recipe measured on Fashion-MNIST, ``mnist`` on MNIST (docs/networks.md, "Longer training").
 RECIPES: dict[str, Recipe] = {
     "main": Recipe("the main job (make demo): analog FF, digital FF and digital BP, 784-500-500, 3 epochs"),
     "quick": Recipe("one epoch of the default recipe (analog and digital FF)",
@@ -39,6 +39,10 @@ RECIPES: dict[str, Recipe] = {
     "fmnist": Recipe("digital FF on Fashion-MNIST: 784-500x4, batch norm, SymBa alpha 0.25, 40 epochs",
                      {"dataset": "fashion_mnist", "methods": ["digital_ff"], "hidden": [500, 500, 500, 500],
                       "epochs": 40, "ff.norm": "batch", "ff.alpha": 0.25}),
+    "mnist": Recipe("digital FF on MNIST: 784-1000-1000, SymBa alpha 0.25, shifts of 2 pixels and elastic "
+                    "distortions (17, sigma 4), 60 epochs",
+                    {"methods": ["digital_ff"], "hidden": [1000, 1000], "epochs": 60, "ff.shift": 2,
+                     "ff.alpha": 0.25, "ff.elastic": 17.0, "drift_times": []}),
     "rule-sgd": Recipe("main job's analog FF with plain pulsed SGD (no digital state), lr 0.1",
                        {"methods": ["analog_ff"], "analog_update": "sgd", "ff_lr_analog": 0.1}),
     "rule-normalized": Recipe("main job's analog FF, pulsed update with d rescaled (RMS(d^T x) = 1), lr 3e-4",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from analogff import cli
+from analogff.ff import FFConfig
 from analogff.options import make_config, options
 from analogff.recipes import RECIPES, RecipeError, recipe_values
 
@@ -18,7 +19,8 @@ def test_every_recipe_is_a_valid_config():
     for name in RECIPES:
         cfg = make_config(recipe_values(name))
         assert cfg.batch_size == 100
-        assert cfg.hidden == ([500] * 4 if name == "fmnist" else [500, 500])  # the main job's net but one
+        want = {"fmnist": [500] * 4, "mnist": [1000, 1000]}.get(name, [500, 500])  # the main job's net but two
+        assert cfg.hidden == want
         assert set(recipe_values(name)) <= set(options())
 
 
@@ -33,14 +35,21 @@ def test_recipes_mean_what_the_readme_says():
         assert cfg.analog_update == rule and cfg.ff_lr_analog == lr and cfg.methods == ["analog_ff"]
 
 
-def test_fmnist_recipe_is_the_run_it_names():
-    """The fmnist recipe trains exactly what its kept result file trained (out and threads aside)."""
+@pytest.mark.parametrize("name, kept", [
+    ("fmnist", "docs/results/deep/fmnist_500x4_40ep_bn_alpha/ff-alpha-0.25"),
+    ("mnist", "docs/results/long/mnist_digital_ff_1000x2_shift2_alpha025_elastic17_60ep"),
+])
+def test_long_recipes_are_the_runs_they_name(name, kept):
+    """The fmnist and mnist recipes train exactly what their kept result files trained (out and threads aside)."""
     import json
     from dataclasses import asdict
 
-    kept = json.loads((ROOT / "docs/results/deep/fmnist_500x4_40ep_bn_alpha/ff-alpha-0.25/results.json").read_text())
-    cfg = make_config({**recipe_values("fmnist"), "out": kept["config"]["out"]})
+    kept = json.loads((ROOT / kept / "results.json").read_text())
+    cfg = make_config({**recipe_values(name), "out": kept["config"]["out"]})
     mine = json.loads(json.dumps(asdict(cfg)))
+    defaults = json.loads(json.dumps(asdict(FFConfig())))
+    for key in set(mine["ff"]) - set(kept["config"]["ff"]):  # an option added after the run: it ran without it
+        assert mine["ff"].pop(key) == defaults[key], key
     for key in ("threads", "jobs"):
         mine.pop(key, None), kept["config"].pop(key, None)
     assert mine == kept["config"]
