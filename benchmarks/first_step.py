@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,21 @@ print("RESULT {\"dynamo_import_s\": %.3f, \"inductor_import_s\": %.3f}" % (a, b)
 """
 
 
+IMPORT_SPLIT = r"""
+import time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import aihwkit.simulator.presets
+t2 = time.perf_counter()
+from analogff.devices import load_device
+from analogff.experiment import ExperimentConfig, analog_rule
+from analogff.layers import AnalogLayer
+t3 = time.perf_counter()
+print("RESULT {\"torch\": %.3f, \"aihwkit\": %.3f, \"analogff\": %.3f}" % (t1 - t0, t2 - t1, t3 - t2))
+"""
+
+
 def _child(code: str, *args: str, env: dict[str, str]) -> dict:
     full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full, cwd=ROOT)
@@ -99,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     imports = _child(IMPORT_COST, env={})
     print(f"import torch._dynamo {imports['dynamo_import_s']:.2f} s, torch._inductor.compile_fx "
           f"{imports['inductor_import_s']:.2f} s (a fresh process, after torch)")
+    splits = [_child(IMPORT_SPLIT, env={}) for _ in range(5)]
+    med = {k: statistics.median(sp[k] for sp in splits) for k in splits[0]}
+    print(f"the step's imports, median of 5 fresh processes: torch {med['torch']:.2f} s, then aihwkit's presets "
+          f"(its configs import scipy.optimize) {med['aihwkit']:.2f} s, then analogff {med['analogff']:.2f} s")
     print(f"{'profile':<16} {'mode':<7} {'first step at':>13} {'import':>7} {'step 1':>7} {'steady':>9}  "
           "dynamo/inductor imported, compile split (s)")
     for prof in args.profiles:
