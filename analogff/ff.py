@@ -178,11 +178,11 @@ class FFConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0 <= self.dropout < 1:
             raise ValueError(f"FFConfig.dropout={self.dropout!r}; choose a probability in [0, 1)")
-        for name, lo in (("elastic", 0.0), ("elastic_sigma", None)):
+        for name, zero_ok in (("elastic", True), ("elastic_sigma", False)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or (v < 0 if lo is not None else v <= 0):
-                raise ValueError(f"FFConfig.{name}={v!r}; choose a finite number {'>= 0 (0: off)' if lo is not None else '> 0'}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (v == 0 and not zero_ok):
+                raise ValueError(f"FFConfig.{name}={v!r}; choose a finite number {'>= 0 (0: off)' if zero_ok else '> 0'}")
         if self.analog_init_range is not None and not 0 < self.analog_init_range <= 1:
             raise ValueError(f"FFConfig.analog_init_range={self.analog_init_range!r}; choose a fraction in (0, 1]")
         if self.collaborative and self.pairwise:
@@ -279,6 +279,16 @@ def hard_wrong_labels(probs: torch.Tensor, y: torch.Tensor, generator: torch.Gen
     return torch.multinomial(p, 1, generator=generator).squeeze(1).to(y.device)
 
 
+def _channels(n: int, side: int, who: str) -> int:
+    """How many side x side channels a flattened image of n values holds; a size that is not whole
+    channels is a one-line error naming FFConfig.image_side."""
+    c, rest = divmod(n, side * side)
+    if rest or c < 1:
+        raise ValueError(f"{who}: {n} values per image are not whole {side} x {side} channels; "
+                         "set FFConfig.image_side to the images' side")
+    return c
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, side: int = 28):
     """Each flattened image of side x side pixels (channel-major, as CIFAR-10's batches store them:
     any number of channels) moved by up to ``max_shift`` pixels in x and y (zero fill); all channels
@@ -286,10 +296,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, si
     if max_shift <= 0:
         return x
     (b, n), k = x.shape, max_shift
-    c, rest = divmod(n, side * side)
-    if rest or c < 1:
-        raise ValueError(f"random_shift: {n} values per image are not whole {side} x {side} channels; "
-                         "set FFConfig.image_side to the images' side")
+    c = _channels(n, side, "random_shift")
     img = F.pad(x.view(b, c, side, side), (k, k, k, k))
     dy, dx = torch.randint(0, 2 * k + 1, (2, b), generator=generator, device=generator.device).to(x.device)
     ar = torch.arange(side, device=x.device)
@@ -321,10 +328,7 @@ def elastic_distort(x: torch.Tensor, alpha: float, sigma: float, generator: torc
     if alpha <= 0:
         return x
     b, n = x.shape
-    c, rest = divmod(n, side * side)
-    if rest or c < 1:
-        raise ValueError(f"elastic_distort: {n} values per image are not whole {side} x {side} channels; "
-                         "set FFConfig.image_side to the images' side")
+    c = _channels(n, side, "elastic_distort")
     field = torch.rand((b * 2, 1, side, side), generator=generator, device=generator.device).to(x.device) * 2 - 1
     r = max(1, int(math.ceil(3 * sigma)))
     t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
