@@ -32,14 +32,67 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import importlib
 import math
+import sys
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aihwkit.inference as aihwkit_inference
-import aihwkit.simulator.presets as aihwkit_presets
+
+class _DeferredModule(types.ModuleType):
+    """A stand-in for a module that a dependency imports but whose functions a run seldom calls.
+
+    While it sits in ``sys.modules``, ``from <name> import f`` for a name of ``lazy`` binds a thin
+    function that imports the real module on its first call and calls the real ``f``; any other
+    name imports the real module at once (correct, only not deferred)."""
+
+    def __init__(self, name: str, lazy: tuple[str, ...]):
+        super().__init__(name)
+        self._lazy = lazy
+
+    def _real(self) -> types.ModuleType:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return importlib.import_module(self.__name__)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # the import system's questions (__path__, ...): a plain module
+            raise AttributeError(attr)
+        if attr not in self._lazy:
+            return getattr(self._real(), attr)
+        stand_in = self
+
+        def deferred(*args: Any, **kwargs: Any) -> Any:
+            return getattr(stand_in._real(), attr)(*args, **kwargs)
+
+        deferred.__name__ = deferred.__qualname__ = attr
+        deferred.__doc__ = f"{self.__name__}.{attr}, imported on its first call"
+        return deferred
+
+
+def _import_aihwkit() -> tuple[types.ModuleType, types.ModuleType]:
+    """``aihwkit.simulator.presets`` and ``aihwkit.inference``, with ``scipy.optimize`` deferred.
+
+    aihwkit's rpu configs import its digital low-precision quantisation helpers, whose range
+    estimator imports ``scipy.optimize.minimize_scalar`` at import time (about 0.25 s of a fresh
+    process here, measured with ``benchmarks/first_step.py``). No analog tile of this project calls
+    it; the stand-in imports the real scipy.optimize on its first call, and after this import
+    ``import scipy.optimize`` is the real module again."""
+    if "scipy.optimize" in sys.modules or "aihwkit.simulator.presets" in sys.modules:
+        return importlib.import_module("aihwkit.simulator.presets"), importlib.import_module("aihwkit.inference")
+    stand_in = _DeferredModule("scipy.optimize", ("minimize_scalar",))
+    sys.modules["scipy.optimize"] = stand_in
+    try:
+        return importlib.import_module("aihwkit.simulator.presets"), importlib.import_module("aihwkit.inference")
+    finally:
+        if sys.modules.get("scipy.optimize") is stand_in:
+            del sys.modules["scipy.optimize"]
+
+
+aihwkit_presets, aihwkit_inference = _import_aihwkit()
 
 #: Preset classes a profile may name: every class aihwkit exports from ``simulator.presets``
 #: whose name ends in "Preset" and that is a training (pulsed) configuration.

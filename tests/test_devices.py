@@ -225,3 +225,43 @@ def test_override_beyond_the_energy_models_adc_range_blames_the_override():
     data["aihwkit"]["overrides"] = {"forward.out_res": 1e-125}
     with pytest.raises(DeviceProfileError, match=r"x\.toml.*aihwkit\.overrides"):
         profile_from_dict(data, source="x.toml")
+
+
+def _fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (this one has imported scipy long ago); its stdout."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_aihwkit_import_defers_scipy_optimize_and_its_function_still_works():
+    out = _fresh(
+        "import sys\n"
+        "import analogff.devices\n"
+        "print('after import', 'scipy.optimize' in sys.modules)\n"
+        "from aihwkit.simulator.digital_low_precision import range_estimators as r\n"
+        "print('minimum', round(float(r.minimize_scalar(lambda v: (v - 1.5) ** 2).x), 4))\n"
+        "import scipy.optimize\n"
+        "print('real', type(scipy.optimize).__name__, scipy.optimize.minimize_scalar.__module__)\n")
+    assert "after import False" in out  # the deferral: fails when aihwkit's import pulls scipy.optimize
+    assert "minimum 1.5" in out  # aihwkit's binding calls the real function
+    assert "real module scipy.optimize" in out  # afterwards the module is the real one
+
+
+def test_deferred_module_binds_lazy_names_and_imports_the_rest_at_once():
+    out = _fresh(
+        "import sys\n"
+        "from analogff.devices import _DeferredModule\n"
+        "stand_in = _DeferredModule('colorsys', ('rgb_to_hsv',))\n"
+        "sys.modules['colorsys'] = stand_in\n"
+        "from colorsys import rgb_to_hsv\n"
+        "print('lazy bound', sys.modules['colorsys'] is stand_in)\n"
+        "from colorsys import hls_to_rgb\n"
+        "print('other name imports', sys.modules['colorsys'] is not stand_in, hls_to_rgb.__module__)\n"
+        "print('value', rgb_to_hsv(1.0, 0.0, 0.0))\n")
+    assert "lazy bound True" in out
+    assert "other name imports True colorsys" in out
+    assert "value (0.0, 1.0, 1.0)" in out
