@@ -150,3 +150,31 @@ def test_noise_management_scale_equals_aihwkits(nm, thres):
         assert torch.equal(want.nan_to_num(), got.nan_to_num())
     else:
         assert got == want
+
+
+def test_seeded_read_touches_only_the_cpu_generator_and_formats_no_stack(monkeypatch):
+    """``_seeded`` seeds and restores the generator the read draws from, and nothing else:
+    ``torch.manual_seed`` would queue a seed for every uninitialised accelerator backend, each
+    with a formatted stack trace (a third of a millisecond per read). The read's noise is the same
+    for the same engine stream, and the global generator is as it was, after an error too."""
+    import traceback
+
+    from analogff.engine.mvm import _seeded
+    from analogff.engine.rng import _Rng
+
+    torch.manual_seed(3)
+    before = torch.default_generator.get_state()
+    calls = []
+    real = traceback.format_stack
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: calls.append(1) or real(*a, **k))
+    draws = []
+    for _ in range(2):
+        with _seeded(_Rng(7, torch.device("cpu"))):
+            draws.append(torch.randn(4))
+    assert calls == []
+    assert torch.equal(draws[0], draws[1])
+    assert torch.equal(torch.default_generator.get_state(), before)
+    with pytest.raises(RuntimeError):
+        with _seeded(_Rng(7, torch.device("cpu"))):
+            raise RuntimeError("inside the read")
+    assert torch.equal(torch.default_generator.get_state(), before)
