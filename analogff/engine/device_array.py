@@ -217,7 +217,7 @@ class DeviceArray:
                 self.w = self.hidden
         if post:
             self.post_update(rng, decay=decay)
-        return float(n)
+        return float(n.sum())
 
     def pairs_with(self, other: "DeviceArray") -> bool:
         """Whether a one-sided pair of self (plus) and other (minus) can take a transfer in one kernel

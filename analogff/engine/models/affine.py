@@ -72,7 +72,7 @@ def _k_affine(hidden: Tensor, app: Tensor, ref: Tensor, mu_u: Tensor, mu_d: Tens
         app = h + wn * z2 if has_decay else torch.where(pulsed, h + wn * z2, app)
     else:
         app = h
-    return h, app, (nu + nd).sum()
+    return h, app, nu + nd
 
 
 class AffineModel(DeviceModel):
@@ -120,5 +120,6 @@ class AffineModel(DeviceModel):
         """:meth:`apply` on the whole array with moments split by column (``down`` (in,), see
         :class:`analogff.engine.moments.ColumnSplit`)."""
         ref, consts, flags = self._device_args(arr, lambda t: t, decay)
+        down = down.expand(arr.shape).contiguous()
         h, w, n = arr.k(_k_affine_cols, arr.hidden, arr.w, ref, mu, m2, down, m2_scale, rng.key(), *consts, **flags)
         return h, w, n, False

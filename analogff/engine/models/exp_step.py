@@ -102,7 +102,7 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
         app = h + wn * z2 if has_decay else torch.where(pulsed & (active > 0), h + wn * z2, app)
     else:
         app = h
-    return h, app, (nu + nd).sum()
+    return h, app, nu + nd
 
 
 _POISSON_TERMS = 8
@@ -178,7 +178,7 @@ def _k_exp_exact(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: 
         app = torch.where((n > 0) & (active > 0), h + wn * ze, app)
     else:
         app = h
-    return h, app, n.sum()
+    return h, app, n
 
 
 def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, m2_scale: float,
@@ -285,4 +285,4 @@ class ExpStep(DeviceModel):
                             n_exact=int(plus.exact_pulses), wn=0.0)
         plus.hidden = plus.w = hp
         minus.hidden = minus.w = hm
-        return float(n)
+        return float(n.sum())
