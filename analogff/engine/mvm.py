@@ -64,15 +64,14 @@ def _k_dac(x: Tensor, scale: Tensor, step: float, bound: float) -> Tensor:
 def _k_adc(out: Tensor, key: Tensor, noise: float, step: float, bound: float):
     """The output stage of a plain read (aihwkit's ``_finalize_output``): Gaussian output noise of
     std ``noise`` (counter-based normals from ``key``, :func:`~.rng._bits`), the ADC's quantisation
-    to ``step`` (0: off) and clipping to ``bound`` (inf: none). Returns ``(within, out)``: whether
-    each output stayed within the bound (NaN fails; a vector passes where all of its outputs do:
-    the caller's ``all``, so that the kernel stays one element-wise loop when compiled), the
-    clipped outputs."""
+    to ``step`` (0: off) and clipping to ``bound`` (inf: none). Returns ``(passed, out)``: whether
+    each vector stayed within the bound (NaN fails), the clipped outputs."""
     _, z, _ = _unpack(_bits(key, out))
     o = out + noise * z
     if step > 0:
         o = torch.round(o / step) * step
-    return o.abs() <= bound, o.clamp(-bound, bound)
+    passed = o.abs().amax(dim=-1) <= bound
+    return passed, o.clamp(-bound, bound)
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,9 +136,8 @@ def _analog_mvm() -> type:
             out = cls._matmul(weight, x, trans=trans)
             key = torch.randint(-2**63, 2**63 - 1, (), device=out.device, dtype=torch.int64)
             bound = float(io_pars.out_bound) if float(io_pars.out_bound) > 0 else float("inf")
-            within, out = kernels(_k_adc, out, key, float(io_pars.out_noise),
-                                  _step(float(io_pars.out_res), float(io_pars.out_bound)), bound)
-            return within.all(dim=-1), out
+            return kernels(_k_adc, out, key, float(io_pars.out_noise),
+                           _step(float(io_pars.out_res), float(io_pars.out_bound)), bound)
 
         @classmethod
         def _prepare_input(cls, input_: Tensor, scale: Tensor, scaling: bool, with_asymmetry: bool,
