@@ -153,3 +153,41 @@ def test_registry_finds_every_shipped_model_and_lists_itself_when_refusing():
     with pytest.raises(ValueError, match=r"PowStepDevice is not implemented \(supported: ConstantStepDevice.*"
                                          r"ExpStepDevice, .*OneSidedUnitCell.*\).*engine='aihwkit'"):
         model_for(PowStepDevice(), "here")
+
+
+@pytest.mark.parametrize("name", ["ecram", "reram_sb", "idealized", "capacitor_cttv2"])
+def test_affine_pulse_on_a_subset_reads_in_place_and_equals_the_gathered_kernel(name):
+    """``DeviceArray.pulse(..., index=)`` on an affine model runs :func:`_k_affine_at`, which reads the
+    devices where they are; it must equal gathering them first and running :func:`_k_affine` (the
+    path it replaced) bit for bit, and leave every other device as it was."""
+    from analogff.devices import load_device
+    from analogff.engine.device_array import DeviceArray
+    from analogff.engine.kernels import Kernels
+    from analogff.engine.models.affine import _k_affine
+    from analogff.engine.rng import _Rng
+
+    cfg = load_device(DEVICES / f"{name}.toml").rpu_config().device
+    cfg = cfg.unit_cell_devices[1] if hasattr(cfg, "unit_cell_devices") else cfg
+    arr = DeviceArray(cfg, (OUT, IN), _Rng(1, torch.device("cpu")), name, Kernels(False))
+    g = torch.Generator().manual_seed(4)
+    arr.set_weights((torch.rand(OUT, IN, generator=g) - 0.5) * 0.4, _Rng(2, torch.device("cpu")))
+    index = torch.randperm(OUT * IN, generator=g)[: OUT * IN // 3].sort().values
+    mu_u = torch.rand(index.numel(), generator=g) * 3
+    mu_d = torch.where(torch.rand(index.numel(), generator=g) < 0.5, mu_u, 0.0)
+    mu_u = mu_u - mu_d  # one sign per device, as a transfer's
+    m2_u, m2_d = mu_u * 0.2, mu_d * 0.2
+    before_h, before_w = arr.hidden.clone(), arr.w.clone()
+    n = arr.pulse(mu_u, mu_d, m2_u, m2_d, _Rng(3, torch.device("cpu")), index=index, one_sign=True)
+
+    def at(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1).index_select(0, index)
+
+    ref, consts, flags = arr.model._device_args(arr, at, False)
+    h, w, n_want = _k_affine(at(before_h), at(before_w), ref, mu_u, mu_d, m2_u, m2_d, 1.0,
+                             _Rng(3, torch.device("cpu")).key(), *consts, **flags)
+    assert torch.equal(arr.hidden.reshape(-1)[index], h) and torch.equal(arr.w.reshape(-1)[index], w)
+    assert n == float(n_want.sum()) and n > 0
+    rest = torch.ones(OUT * IN, dtype=torch.bool)
+    rest[index] = False
+    assert torch.equal(arr.hidden.reshape(-1)[rest], before_h.reshape(-1)[rest])
+    assert not torch.equal(arr.hidden.reshape(-1)[index], before_h.reshape(-1)[index])

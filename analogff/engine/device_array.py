@@ -183,6 +183,10 @@ class DeviceArray:
 
         decay = post and self.has_decay and index is None
         self.calls += 1
+        apply_at = getattr(self.model, "apply_at", None)
+        if index is not None and apply_at is not None:  # the kernel reads the devices in place
+            h, w, n, decay = apply_at(self, index, mu_u, mu_d, m2_u, m2_d, m2_scale, rng)
+            return self._store(h, w, n, index, rng, post, decay)
         hidden = at(self.hidden)
         app = hidden if self.w is self.hidden else at(self.w)  # one gather when they are one array
         h, w, n, decay = self.model.apply(self, hidden, app, at, shape, mu_u, mu_d, m2_u, m2_d, m2_scale, rng,

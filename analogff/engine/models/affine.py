@@ -30,6 +30,24 @@ def _k_affine_cols(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Ten
                      bu, bd, lo, hi, decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
 
 
+def _k_affine_at(index: Tensor, hidden: Tensor, app: Tensor, ref: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor,
+                 m2_d: Tensor, m2_scale: float, key: Tensor, cu: Tensor, cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor,
+                 ad: Tensor, bu: Tensor, bd: Tensor, lo: Tensor, hi: Tensor, sigma: float, wn: float, constant: bool,
+                 mult: bool, persistent: bool):
+    """:func:`_k_affine` on the devices ``index`` (flat) of whole arrays: the kernel reads each
+    device's state and constants where it is (one loop, no gathered copies written and read back);
+    the moments are given for those devices only. No decay (it is once per mini-batch, on every
+    device). Returns the new hidden and apparent weights and the counts of those devices."""
+
+    def at(t: Tensor) -> Tensor:
+        return t.reshape(-1)[index]
+
+    zero = mu_u.new_zeros(())
+    return _k_affine(at(hidden), at(app), at(ref) if ref.dim() else ref, mu_u, mu_d, m2_u, m2_d, m2_scale, key,
+                     at(cu), at(cd), at(lu), at(ld), at(au), at(ad), at(bu), at(bd), at(lo), at(hi), zero, zero,
+                     sigma, wn, constant, mult, persistent, False)
+
+
 def _k_affine(hidden: Tensor, app: Tensor, ref: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor,
               m2_scale: float, key: Tensor, cu: Tensor, cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor,
               bd: Tensor, lo: Tensor, hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float,
@@ -113,6 +131,16 @@ class AffineModel(DeviceModel):
               one_sign: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
         ref, consts, flags = self._device_args(arr, at, decay)
         h, w, n = arr.k(_k_affine, hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(), *consts, **flags)
+        return h, w, n, False
+
+    def apply_at(self, arr: Any, index: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor,
+                 m2_scale: float, rng: Any) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """:meth:`apply` on the devices ``index`` (flat), read in place by the kernel
+        (:func:`_k_affine_at`); the moments are those devices'. No decay."""
+        ref, consts, flags = self._device_args(arr, lambda t: t, False)
+        flags.pop("has_decay")
+        h, w, n = arr.k(_k_affine_at, index, arr.hidden, arr.w, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(),
+                        *consts[:10], **flags)
         return h, w, n, False
 
     def apply_by_column(self, arr: Any, mu: Tensor, m2: Tensor, down: Tensor, m2_scale: float, rng: Any,
