@@ -77,8 +77,9 @@ def _import_aihwkit() -> tuple[types.ModuleType, types.ModuleType]:
     """``aihwkit.simulator.presets`` and ``aihwkit.inference``, with ``scipy.optimize`` deferred.
 
     aihwkit's rpu configs import its digital low-precision quantisation helpers, whose range
-    estimator imports ``scipy.optimize.minimize_scalar`` at import time (about 0.25 s of a fresh
-    process here, measured with ``benchmarks/first_step.py``). No analog tile of this project calls
+    estimator imports ``scipy.optimize.minimize_scalar`` at import time (about 0.3 s of a fresh
+    process here: aihwkit's import through this function 0.16-0.21 s against 0.48 s,
+    ``benchmarks/first_step.py``). No analog tile of this project calls
     it; the stand-in imports the real scipy.optimize on its first call, and after this import
     ``import scipy.optimize`` is the real module again."""
     if "scipy.optimize" in sys.modules or "aihwkit.simulator.presets" in sys.modules:

@@ -139,6 +139,7 @@ class AffineModel(DeviceModel):
         (:func:`_k_affine_at`); the moments are those devices'. No decay."""
         ref, consts, flags = self._device_args(arr, lambda t: t, False)
         flags.pop("has_decay")
+        # consts[:10]: the closed form's eight constants and the two bounds, not the decay's two
         h, w, n = arr.k(_k_affine_at, index, arr.hidden, arr.w, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(),
                         *consts[:10], **flags)
         return h, w, n, False

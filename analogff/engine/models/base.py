@@ -45,7 +45,8 @@ class DeviceModel:
         """One batch of pulses (coincidence moments ``mu``, ``m2``) on ``hidden`` / ``app`` (the
         apparent weights), both already restricted by ``at`` to the pulsed devices (``shape``).
         ``decay``: also apply the once-per-batch decay if the kernel can. Returns ``(hidden, apparent,
-        pulses, decay still to do)``."""
+        pulses, decay still to do)``, ``pulses`` per device (the array sums them: a sum inside a
+        compiled kernel becomes a second loop)."""
         raise NotImplementedError
 
     def pairs_with(self, arr: Any, other: Any) -> bool:
