@@ -137,9 +137,17 @@ def test_saturation_matches_aihwkit(path):
     cfg = load_device(path).rpu_config().device
     dev = cfg.unit_cell_devices[0] if hasattr(cfg, "unit_cell_devices") else getattr(cfg, "device", cfg)
     span = float(dev.w_max) - float(dev.w_min)
+    # chopped TTv2's fast array changes sign with its choppers, so its mean after these 25 steps
+    # swings from run to run in aihwkit itself: two aihwkit tiles with the same parameters and
+    # inputs (only their clock-seeded pulses differ) were up to 0.045 of the span apart on
+    # reram_sb_cttv2 (30 runs) and 0.025 on ecram_cttv2 (15 runs), above this test's 0.04 for the
+    # other profiles; the engine against aihwkit, in the same runs: up to 0.029 and 0.023
+    from analogff.engine.cells.transfer import algorithm_of
+
+    rel = 0.06 if algorithm_of(cfg) == "chopped" else 0.04
     for cols in (slice(0, None, 2), slice(1, None, 2)):
         diff = abs(float(ha[..., cols, :].mean()) - float(ht[..., cols, :].mean()))
-        assert diff <= 0.04 * span, (diff, span)
+        assert diff <= rel * span, (diff, span)
     (fa, da), (ft, dt) = _saturation(sa, a.get_weights()), _saturation(st, t.get_weights())
     assert abs(da - dt) <= 0.01 + 0.1 * da, (da, dt)
     assert abs(fa - ft) <= 0.12, (fa, ft)  # many devices sit at the band's edge: +-0.05 run to run
