@@ -165,8 +165,10 @@ def test_ff_batch_order_matches_aihwkit(path):
 
     aihwkit seeds its generator from the clock, so its side is a random draw: where the mean change
     is near zero (capacitor_agad: -0.0009 with a spread of 0.016) about one aihwkit run in ten lands
-    outside the band (measured: -0.0022). The mean is then compared with the median of three
-    aihwkit runs; the torch engine's side is seeded and the same in every run."""
+    outside the band (measured: -0.0022). The mean is then compared with the median of seven
+    aihwkit runs; the torch engine's side is seeded and the same in every run. (Thirty aihwkit
+    runs of capacitor_agad: mean -0.0009, run-to-run standard deviation 0.00055, the engine at
+    -0.00092; with the median of three this test failed once in 28 runs of this file.)"""
     def run(pair):
         a, t = pair
         g = torch.Generator().manual_seed(11)
@@ -184,7 +186,7 @@ def test_ff_batch_order_matches_aihwkit(path):
     sa = float(da.std())
     mean_a = float(da.mean())
     if not abs(mean_a - float(dt.mean())) < 0.1 * abs(mean_a) + 0.05 * sa:
-        mean_a = sorted([mean_a] + [float(run(_pair(path, 0))[0].mean()) for _ in range(2)])[1]
+        mean_a = sorted([mean_a] + [float(run(_pair(path, 0))[0].mean()) for _ in range(6)])[3]
     assert abs(mean_a - float(dt.mean())) < 0.1 * abs(mean_a) + 0.05 * sa, (mean_a, dt.mean())
     assert abs(float(dt.std()) / sa - 1) < 0.12, (sa, dt.std())
     col_a, col_t = da[..., -1].flatten(), dt[..., -1].flatten()
