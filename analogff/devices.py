@@ -82,14 +82,13 @@ def _import_aihwkit() -> tuple[types.ModuleType, types.ModuleType]:
     ``benchmarks/first_step.py``). No analog tile of this project calls
     it; the stand-in imports the real scipy.optimize on its first call, and after this import
     ``import scipy.optimize`` is the real module again."""
-    if "scipy.optimize" in sys.modules or "aihwkit.simulator.presets" in sys.modules:
-        return importlib.import_module("aihwkit.simulator.presets"), importlib.import_module("aihwkit.inference")
-    stand_in = _DeferredModule("scipy.optimize", ("minimize_scalar",))
-    sys.modules["scipy.optimize"] = stand_in
+    stand_in = None  # already imported (by aihwkit or anyone): nothing left to defer
+    if "scipy.optimize" not in sys.modules and "aihwkit.simulator.presets" not in sys.modules:
+        stand_in = sys.modules["scipy.optimize"] = _DeferredModule("scipy.optimize", ("minimize_scalar",))
     try:
         return importlib.import_module("aihwkit.simulator.presets"), importlib.import_module("aihwkit.inference")
     finally:
-        if sys.modules.get("scipy.optimize") is stand_in:
+        if stand_in is not None and sys.modules.get("scipy.optimize") is stand_in:
             del sys.modules["scipy.optimize"]
 
 
