@@ -101,3 +101,51 @@ def test_pulse_by_column_applies_the_split_moments(name):
     assert not torch.equal(want, state[0])  # something was pulsed
     assert torch.equal(arr.hidden, want)
     assert n_cols == pytest.approx(n_split, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,variant", [("idealized", ""), ("ecram", ""), ("reram_sb", ""), ("capacitor", ""),
+                                          ("reram_sb", "decay"), ("ecram", "write_noise"), ("reram_es", ""),
+                                          ("pcm", "")])
+def test_row_by_row_update_forms_its_moments_in_the_kernel_and_equals_the_moments_path(name, variant):
+    """A cell's ``update_rows`` writes two moment arrays (:class:`SignedMoments`), which the device
+    kernel splits by sign itself (affine models' ``apply_signed``, PCM's pair kernel; ExpStep single
+    devices split them first); it must leave the array where computing the four moment arrays and
+    pulsing them does (the path it replaced), bit for bit, from the same random state."""
+    from analogff.engine import TorchPulsedEngine, weight_granularity
+    from analogff.engine.moments import _rowwise_moments
+
+    rpu = load_device(DEVICES / f"{name}.toml").rpu_config()
+    if variant == "decay":
+        rpu.device.lifetime = 50.0
+    if variant == "write_noise":
+        rpu.device.write_noise_std = 0.5
+    eng = TorchPulsedEngine(30, 12, rpu, seed=0)
+    cell = eng.cell
+    arrays = list(cell.devs) if hasattr(cell, "devs") else [cell.arr]
+    g = torch.Generator().manual_seed(5)
+    for arr in arrays:
+        arr.set_weights(torch.rand(arr.shape, generator=g) * 0.3 * (1 if hasattr(cell, "devs") else 2) -
+                        (0 if hasattr(cell, "devs") else 0.3), eng.rng)
+    u = torch.randn(12, 30, generator=g) * torch.rand(1, 30, generator=g)
+    u[:, 4] = 0.0
+    lr = 30 * weight_granularity(rpu.device)
+    state = ([(a.hidden.clone(), a.w.clone(), a.calls) for a in arrays], eng.rng.gen.get_state(),
+             eng.rng.cpu.get_state(), getattr(cell, "n_samples", 0))
+    n_new = cell.update_rows(u, lr, eng.rng)
+    got = [(a.hidden.clone(), a.w.clone()) for a in arrays]
+    for a, (h, w, calls) in zip(arrays, state[0]):
+        a.hidden, a.w, a.calls = h.clone(), w.clone(), calls
+        if not a.persistent:
+            a.w = a.hidden
+    eng.rng.gen.set_state(state[1])
+    eng.rng.cpu.set_state(state[2])
+    moments = _rowwise_moments(u, lr, cell.up, cell.gran)
+    if hasattr(cell, "devs"):
+        cell.n_samples = state[3]
+        n_old = cell._apply_moments(moments, u.shape[1], eng.rng, one_sign=True)
+    else:
+        n_old = cell.arr.pulse(*moments[:4], eng.rng, m2_scale=moments[4], post=True, one_sign=True)
+    for a, (h, w) in zip(arrays, got):
+        assert torch.equal(a.hidden, h) and torch.equal(a.w, w)
+    assert any(not torch.equal(h, s[0]) for (h, _), s in zip(got, state[0]))  # something was pulsed
+    assert n_new == n_old and n_new > 0

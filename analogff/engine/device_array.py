@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .kernels import Kernels
 from .models import model_for
-from .moments import split_by_column
+from .moments import SignedMoments, split_by_column, split_by_sign
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -206,6 +206,18 @@ class DeviceArray:
         h, w, n, decay = apply(self, mu, m2, down, m2_scale, rng, post and self.has_decay)
         return self._store(h, w, n, None, rng, post, decay)
 
+    def pulse_signed(self, moments: SignedMoments, rng: _Rng, post: bool = False) -> float:
+        """:meth:`pulse` of the whole array with moments of one sign per device
+        (:class:`analogff.engine.moments.SignedMoments`, a row-by-row transfer): through the model's
+        ``apply_signed`` kernel when it has one (no four moment arrays written), else split here."""
+        apply = getattr(self.model, "apply_signed", None)
+        if apply is None:
+            mu_u, mu_d, m2_u, m2_d = split_by_sign(*moments)
+            return self.pulse(mu_u, mu_d, m2_u, m2_d, rng, post=post, one_sign=True)
+        self.calls += 1
+        h, w, n, decay = apply(self, moments, rng, post and self.has_decay)
+        return self._store(h, w, n, None, rng, post, decay)
+
     def _store(self, h: Tensor, w: Tensor, n: Tensor, index: Tensor | None, rng: _Rng, post: bool,
                decay: bool) -> float:
         """The end of a pulse: the new hidden and apparent weights (of the devices ``index``, or all),
@@ -234,6 +246,11 @@ class DeviceArray:
         (no pair gets both), in one kernel with the same random draws: the same values at half the
         work. Needs :meth:`pairs_with`. Returns the number of pulses."""
         return self.model.pulse_pair(self, minus, mu_u, mu_d, m2_u, m2_d, rng, m2_scale)
+
+    def pulse_pair_signed(self, minus: "DeviceArray", moments: SignedMoments, rng: _Rng) -> float:
+        """:meth:`pulse_pair` with :class:`analogff.engine.moments.SignedMoments` (``mu > 0``
+        raises the minus device): the four moment arrays formed in the pair's kernel."""
+        return self.model.pulse_pair_signed(self, minus, moments, rng)
 
     def reset_at(self, index: Tensor, rng: _Rng) -> None:
         """resetAtIndices: w = reset_bias + reset_std * xi, clipped, at the flat ``index``."""

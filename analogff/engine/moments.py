@@ -106,10 +106,31 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     return mu[n_out:], mu[:n_out], m2[n_out:], m2[:n_out], scale2
 
 
+class SignedMoments(NamedTuple):
+    """Moments of pulses of one sign per device (a row-by-row transfer: each device sees one
+    sample): ``mu > 0`` is a mean count of down pulses (x d > 0 lowers the weight), ``mu < 0`` of
+    up pulses, ``m2`` the second-moment sum (``m2_scale`` 1). Two arrays instead of the four of
+    :func:`split_by_sign`: a kernel that takes this form
+    (:meth:`analogff.engine.device_array.DeviceArray.pulse_signed`) splits them element by element."""
+
+    mu: Tensor  #: (out, in) signed mean coincidence count
+    m2: Tensor  #: (out, in) second-moment sum
+
+
+def split_by_sign(mu: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(mu_up, mu_down, m2_up, m2_down)`` of a :class:`SignedMoments`' ``mu`` and ``m2``:
+    element-wise, so a kernel can call it on its inputs."""
+    zero = torch.zeros((), device=mu.device, dtype=mu.dtype)
+    up, down = mu < 0, mu > 0
+    return torch.where(up, -mu, zero), torch.where(down, mu, zero), torch.where(up, m2, zero), \
+        torch.where(down, m2, zero)
+
+
 @static("res")
-def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
-    """Element-wise core of :func:`_rowwise_moments`: column probabilities |u| a (discretised to
-    ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d and second moment, split by sign."""
+def _k_rowwise_signed(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
+    """Element-wise core of :func:`rowwise_signed`: column probabilities |u| a (discretised to
+    ``res`` when > 0, clipped to 1), coincidence mean BL p_x p_d with the sign of u (positive
+    errors lower the weight) and second moment."""
     p = u.abs() * a
     if res > 0:
         p = torch.round(p / res) * res
@@ -117,17 +138,34 @@ def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
     dd = p * (bl * px)
     m2 = dd * p * px
     zero = torch.zeros((), device=u.device)
-    pos, neg = u > 0, u < 0  # positive errors lower the weight
-    return torch.where(neg, dd, zero), torch.where(pos, dd, zero), torch.where(neg, m2, zero), torch.where(pos, m2, zero)
+    return torch.where(u > 0, dd, torch.where(u < 0, -dd, zero)), m2
+
+
+@static("res")
+def _k_rowwise(u: Tensor, a: Tensor, px: Tensor, bl: Tensor, res: float):
+    """:func:`_k_rowwise_signed` split by sign (:func:`split_by_sign`): the four moment arrays."""
+    return split_by_sign(*_k_rowwise_signed(u, a, px, bl, res))
+
+
+def _rowwise_drive(u: Tensor, lr: float, up: Any, gran: float) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Per driven row i (x = I, d = u^T): the column scale ``a``, pulse probability ``px`` and
+    train length ``bl`` (each (in,)) and the probability step ``res``."""
+    n_in = u.shape[1]
+    ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
+    bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
+    px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
+    return a, px, bl, _probability_step(up)
+
+
+def rowwise_signed(u: Tensor, lr: float, up: Any, gran: float, kernels: Kernels | None = None) -> SignedMoments:
+    """:func:`_rowwise_moments` as :class:`SignedMoments` (two arrays written, not four)."""
+    run = kernels if kernels is not None else (lambda fn, *args: fn(*args))
+    return SignedMoments(*run(_k_rowwise_signed, u, *_rowwise_drive(u, lr, up, gran)))
 
 
 def _rowwise_moments(u: Tensor, lr: float, up: Any, gran: float, kernels: Kernels | None = None):
     """:func:`_coincidence_moments` of ``x = I, d = u^T``: row i driven alone (value 1) with the
     column errors ``u[:, i]``, the row-by-row transfer of a digital update matrix u (out, in). Each
     device sees one sample, so the moments are element-wise and exact (no GEMM). Same return value."""
-    n_in = u.shape[1]
-    ones = torch.ones(n_in, device=u.device, dtype=u.dtype)
-    bl, a, b = _train_constants(ones, u.abs().amax(dim=0), lr, up, gran)  # per row i (sample)
-    px = _probabilities(ones[:, None], b, up)[:, 0]  # (in,): the driven row's pulse probability
     run = kernels if kernels is not None else (lambda fn, *args: fn(*args))
-    return (*run(_k_rowwise, u, a, px, bl, _probability_step(up)), 1.0)
+    return (*run(_k_rowwise, u, *_rowwise_drive(u, lr, up, gran)), 1.0)

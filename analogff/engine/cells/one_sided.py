@@ -11,7 +11,7 @@ from torch import Tensor
 from ..device_array import DeviceArray
 from ..aot import static
 from ..kernels import Kernels
-from ..moments import _coincidence_moments, _rowwise_moments
+from ..moments import _coincidence_moments, rowwise_signed, split_by_sign
 from ..mvm import _seeded
 from ..pulse_trains import _check_pulse_type, _probabilities, _train_constants, weight_granularity
 from ..reads import Reads
@@ -97,8 +97,11 @@ class OneSidedCell:
 
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in), as ``in`` samples."""
-        return self._apply_moments(_rowwise_moments(u, lr, self.up, self.gran, self.devs[0].k), u.shape[1], rng,
-                                   one_sign=True)
+        moments = rowwise_signed(u, lr, self.up, self.gran, self.devs[0].k)
+        plus, minus = self.devs[1], self.devs[0]
+        if plus.pairs_with(minus):  # one kernel for the pair, the four moment arrays formed in it
+            return self._refresh_after(plus.pulse_pair_signed(minus, moments, rng), u.shape[1], rng)
+        return self._apply_moments((*split_by_sign(*moments), 1.0), u.shape[1], rng, one_sign=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         return self._apply_moments(_coincidence_moments(x, d, lr, self.up, self.gran, rng), x.shape[0], rng)
@@ -113,6 +116,10 @@ class OneSidedCell:
         else:
             pulses = plus.pulse(mu_u, None, m2_u, None, rng, m2_scale=sc, post=True)  # raise w: g_plus up
             pulses += minus.pulse(mu_d, None, m2_d, None, rng, m2_scale=sc, post=True)  # lower w: g_minus up
+        return self._refresh_after(pulses, b, rng)
+
+    def _refresh_after(self, pulses: float, b: int, rng: _Rng) -> float:
+        """The refreshes due after ``b`` more samples; returns ``pulses`` plus their pulses."""
         every = int(self.cfg.refresh_every)
         if every > 0:
             if bool(self.cfg.units_in_mbatch):

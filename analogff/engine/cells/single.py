@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..device_array import DeviceArray
 from ..kernels import Kernels
-from ..moments import _SECOND_MOMENT_SAMPLES, _coincidence_moments, _rowwise_moments
+from ..moments import _SECOND_MOMENT_SAMPLES, _coincidence_moments, rowwise_signed
 from ..pulse_trains import weight_granularity
 from ..reads import Reads
 from ..refuse import _refuse
@@ -39,8 +39,7 @@ class SingleCell:
 
     def update_rows(self, u: Tensor, lr: float, rng: _Rng) -> float:
         """Row-by-row transfer of u (out, in); every device gets one sample's pulses."""
-        mu_u, mu_d, m2_u, m2_d, sc = _rowwise_moments(u, lr, self.up, self.gran, self.arr.k)
-        return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=True, one_sign=True)
+        return self.arr.pulse_signed(rowwise_signed(u, lr, self.up, self.gran, self.arr.k), rng, post=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         # aihwkit pulses sample after sample: where the step depends on the weight or a bound is

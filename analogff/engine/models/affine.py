@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import _bridge, _log1p_ratio, _pulse_draw
-from ..moments import split_by_column
+from ..moments import SignedMoments, split_by_column, split_by_sign
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
@@ -28,6 +28,18 @@ def _k_affine_cols(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Ten
     mu_u, mu_d, m2_u, m2_d = split_by_column(mu, m2, down)
     return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, key, cu, cd, lu, ld, au, ad,
                      bu, bd, lo, hi, decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
+
+
+def _k_affine_signed(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Tensor, key: Tensor, cu: Tensor,
+                     cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor, bd: Tensor, lo: Tensor,
+                     hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float, constant: bool, mult: bool,
+                     persistent: bool, has_decay: bool):
+    """:func:`_k_affine` on :class:`analogff.engine.moments.SignedMoments` (a row-by-row
+    transfer): the four moment arrays are formed here, element by element (:func:`split_by_sign`),
+    instead of being written and read back."""
+    mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
+    return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, 1.0, key, cu, cd, lu, ld, au, ad, bu, bd, lo, hi,
+                     decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
 
 
 def _k_affine_at(index: Tensor, hidden: Tensor, app: Tensor, ref: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor,
@@ -142,6 +154,14 @@ class AffineModel(DeviceModel):
         # consts[:10]: the closed form's eight constants and the two bounds, not the decay's two
         h, w, n = arr.k(_k_affine_at, index, arr.hidden, arr.w, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, rng.key(),
                         *consts[:10], **flags)
+        return h, w, n, False
+
+    def apply_signed(self, arr: Any, moments: SignedMoments, rng: Any, decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """:meth:`apply` on the whole array with moments of one sign per device
+        (:class:`analogff.engine.moments.SignedMoments`; :func:`_k_affine_signed`)."""
+        ref, consts, flags = self._device_args(arr, lambda t: t, decay)
+        h, w, n = arr.k(_k_affine_signed, arr.hidden, arr.w, ref, moments.mu, moments.m2, rng.key(), *consts,
+                        **flags)
         return h, w, n, False
 
     def apply_by_column(self, arr: Any, mu: Tensor, m2: Tensor, down: Tensor, m2_scale: float, rng: Any,

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..aot import static
 from ..kernels import _bridge, _pulse_draw
+from ..moments import SignedMoments, split_by_sign
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
@@ -201,6 +202,16 @@ def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: 
     return torch.where(sel, h, hp), torch.where(sel, hm, h), n
 
 
+def _k_exp_exact_pair_signed(hp: Tensor, hm: Tensor, mu: Tensor, m2: Tensor, kp: Tensor, km: Tensor, sp: Tensor,
+                             sm: Tensor, zcp: Tensor, zcm: Tensor, lop: Tensor, lom: Tensor, hip: Tensor, him: Tensor,
+                             actp: Tensor, actm: Tensor, **kw: Any):
+    """:func:`_k_exp_exact_pair` on :class:`analogff.engine.moments.SignedMoments` (a row-by-row
+    transfer), the four moment arrays formed here (:func:`split_by_sign`)."""
+    mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
+    return _k_exp_exact_pair(hp, hm, mu_u, mu_d, m2_u, m2_d, 1.0, kp, km, sp, sm, zcp, zcm, lop, lom, hip, him,
+                             actp, actm, **kw)
+
+
 class ExpStep(DeviceModel):
     def configure(self, arr: Any, cfg: Any, where: str) -> None:
         c = cfg
@@ -272,17 +283,25 @@ class ExpStep(DeviceModel):
     def pulse_pair(self, plus: Any, minus: Any, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor, m2_d: Tensor, rng: Any,
                    m2_scale: float) -> float:
         """:func:`_k_exp_exact_pair` on a one-sided pair."""
+        return self._pair(plus, minus, rng, _k_exp_exact_pair, (mu_u, mu_d, m2_u, m2_d, m2_scale))
+
+    def pulse_pair_signed(self, plus: Any, minus: Any, moments: SignedMoments, rng: Any) -> float:
+        """:meth:`pulse_pair` with :class:`analogff.engine.moments.SignedMoments`
+        (:func:`_k_exp_exact_pair_signed`)."""
+        return self._pair(plus, minus, rng, _k_exp_exact_pair_signed, moments)
+
+    def _pair(self, plus: Any, minus: Any, rng: Any, kernel: Callable, moments: tuple) -> float:
+        """One pair kernel (``kernel``: :func:`_k_exp_exact_pair` or its signed form) on ``moments``."""
         kp = rng.key()  # drawn in the order of the two pulse() calls
         km = rng.key()
         plus.calls += 1
         minus.calls += 1
         A_up, _, g_up, _, es_b = plus.es
         add, slope = plus.noise_add_slope
-        hp, hm, n = plus.k(_k_exp_exact_pair, plus.hidden, minus.hidden, mu_u, mu_d, m2_u, m2_d, m2_scale, kp, km,
-                            plus.p["dwmin_up"], minus.p["dwmin_up"], plus.zc, minus.zc, plus.bmin, minus.bmin,
-                            plus.bmax, minus.bmax, plus.active, minus.active, A=A_up, gam=g_up, es_b=es_b, up=True,
-                            sigma=plus.sigma, add=add, slope=slope, cplx=plus.complex_noise,
-                            n_exact=int(plus.exact_pulses), wn=0.0)
+        hp, hm, n = plus.k(kernel, plus.hidden, minus.hidden, *moments, kp, km, plus.p["dwmin_up"],
+                           minus.p["dwmin_up"], plus.zc, minus.zc, plus.bmin, minus.bmin, plus.bmax, minus.bmax,
+                           plus.active, minus.active, A=A_up, gam=g_up, es_b=es_b, up=True, sigma=plus.sigma, add=add,
+                           slope=slope, cplx=plus.complex_noise, n_exact=int(plus.exact_pulses), wn=0.0)
         plus.hidden = plus.w = hp
         minus.hidden = minus.w = hm
         return float(n.sum())
