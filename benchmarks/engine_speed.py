@@ -242,12 +242,14 @@ class StepSplit:
 
         self.wrap(engine.TorchPulsedEngine, "forward", "forward")
         for mod in (single, one_sided, transfer):  # (a row transfer's moments fused into the device
-            for name in ("_coincidence_moments", "_rowwise_moments"):  # kernel count as device kernels)
+            for name in ("_coincidence_moments", "_rowwise_moments", "rowwise_signed"):  # kernel: device kernels)
                 if hasattr(mod, name):
                     self.wrap(mod, name, "moments")
         self.wrap(device_array.DeviceArray, "pulse", "device kernels")
         self.wrap(device_array.DeviceArray, "pulse_pair", "device kernels")
         self.wrap(device_array.DeviceArray, "pulse_by_column", "device kernels")
+        self.wrap(device_array.DeviceArray, "pulse_signed", "device kernels")
+        self.wrap(device_array.DeviceArray, "pulse_pair_signed", "device kernels")
         self.wrap(transfer.TransferCell, "_read", "transfer reads")
         return self
 

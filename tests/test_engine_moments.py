@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from analogff.devices import load_device
+from analogff.engine.moments import SignedMoments
 
 DEVICES = Path(__file__).resolve().parents[1] / "devices"
 
@@ -108,8 +109,7 @@ def test_pulse_by_column_applies_the_split_moments(name):
                                           ("pcm", "")])
 def test_row_by_row_update_forms_its_moments_in_the_kernel_and_equals_the_moments_path(name, variant):
     """A cell's ``update_rows`` writes two moment arrays (:class:`SignedMoments`), which the device
-    kernel splits by sign itself (affine models' ``apply_signed``, PCM's pair kernel; ExpStep single
-    devices split them first); it must leave the array where computing the four moment arrays and
+    kernel splits by sign itself (every model's ``apply_signed``, PCM's pair kernel); it must leave the array where computing the four moment arrays and
     pulsing them does (the path it replaced), bit for bit, from the same random state."""
     from analogff.engine import TorchPulsedEngine, weight_granularity
     from analogff.engine.moments import _rowwise_moments
@@ -149,3 +149,25 @@ def test_row_by_row_update_forms_its_moments_in_the_kernel_and_equals_the_moment
         assert torch.equal(a.hidden, h) and torch.equal(a.w, w)
     assert any(not torch.equal(h, s[0]) for (h, _), s in zip(got, state[0]))  # something was pulsed
     assert n_new == n_old and n_new > 0
+
+
+def test_pulse_signed_on_exact_pulse_exp_step_splits_first_and_equals_pulse():
+    """An ExpStep array with exact pulses (PCM's device) has no signed kernel: ``pulse_signed``
+    splits the moments and runs its exact kernel, as ``pulse`` with the four arrays does."""
+    from analogff.engine import TorchPulsedEngine
+
+    eng = TorchPulsedEngine(30, 12, load_device(DEVICES / "pcm.toml").rpu_config(), seed=0)
+    arr = eng.cell.devs[1]
+    assert arr.exact_pulses
+    g = torch.Generator().manual_seed(6)
+    arr.set_weights(torch.rand(arr.shape, generator=g) * 0.3, eng.rng)
+    mu = torch.rand(arr.shape, generator=g) * 2  # up pulses only: the exact kernel raises the device
+    m2 = mu * 0.3
+    state = (arr.hidden.clone(), eng.rng.gen.get_state())
+    n_signed = arr.pulse_signed(SignedMoments(-mu, m2), eng.rng, post=True)
+    got = arr.hidden.clone()
+    arr.hidden = arr.w = state[0].clone()
+    eng.rng.gen.set_state(state[1])
+    n_four = arr.pulse(mu, None, m2, None, eng.rng, post=True)
+    assert torch.equal(got, arr.hidden) and not torch.equal(got, state[0])
+    assert n_signed == n_four > 0

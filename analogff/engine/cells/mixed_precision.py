@@ -11,6 +11,7 @@ from torch import Tensor
 from ..device_array import DeviceArray
 from ..aot import static
 from ..kernels import Kernels
+from ..moments import SignedMoments, split_by_sign
 from ..pulse_trains import _probabilities, _train_constants, weight_granularity
 from ..reads import Reads
 from ..refuse import _refuse
@@ -20,7 +21,8 @@ from ..rng import _Rng
 @static("res")
 def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, res: float):
     """Mixed-precision transfer: ``n = trunc(chi / granularity)`` leaves chi, and the coincidence
-    moments of the row-wise pulse trains (x = n[j], d = e_j; per-row ``BL``, ``B``, ``p_d``)."""
+    moments of the row-wise pulse trains (x = n[j], d = e_j; per-row ``BL``, ``B``, ``p_d``), one
+    sign per device (:class:`~analogff.engine.moments.SignedMoments`: positive chi lowers the weight)."""
     n = torch.trunc(chi / gran)
     chi = chi - n * gran
     px = n.abs() * b
@@ -29,10 +31,7 @@ def _k_mp_prepare(chi: Tensor, gran: float, bl: Tensor, b: Tensor, pd: Tensor, r
     p = px.clamp(max=1.0) * pd
     mu = bl * p
     m2 = mu * p
-    zero = torch.zeros_like(mu)
-    down = n > 0  # positive chi lowers the weight
-    return (chi, torch.where(down, zero, mu), torch.where(down, mu, zero), torch.where(down, zero, m2),
-            torch.where(down, m2, zero))
+    return chi, torch.where(n > 0, mu, -mu), m2
 
 
 class MixedPrecisionCell:
@@ -152,15 +151,14 @@ class MixedPrecisionCell:
         res = float(getattr(self.up, "res", 0) or 0)
         res = (1.0 / res if res > 1.0 else res) if not bool(getattr(self.up, "sto_round", False)) else 0.0
         if n_big > chi.numel() // 4:  # dense: every device through the kernels
-            left, mu_u, mu_d, m2_u, m2_d = self.arr.k(_k_mp_prepare, chi, self.gran, bl[:, None], b[:, None],
-                                                      pd[:, None], res=res)
+            left, mu, m2 = self.arr.k(_k_mp_prepare, chi, self.gran, bl[:, None], b[:, None], pd[:, None], res=res)
             self.chi = left if rows_mask is None else torch.where(rows_mask[:, None], left, chi)
-            return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, one_sign=True)
+            return self.arr.pulse_signed(SignedMoments(mu, m2), rng)
         index = big.reshape(-1).nonzero().squeeze(1)  # sparse: only the devices that pass their step
         rows = index // n_in
         flat = chi.reshape(-1)
-        left, mu_u, mu_d, m2_u, m2_d = self.arr.k(_k_mp_prepare, flat[index], self.gran, bl[rows], b[rows],
-                                                  pd[rows], res=res)
+        left, mu, m2 = self.arr.k(_k_mp_prepare, flat[index], self.gran, bl[rows], b[rows], pd[rows], res=res)
+        mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
         self.chi = flat.index_copy(0, index, left).reshape(self.shape)
         return self.arr.pulse(mu_u, mu_d, m2_u, m2_d, rng, index=index, one_sign=True)
 

@@ -106,6 +106,18 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
     return h, app, nu + nd
 
 
+@static("A_up", "A_down", "g_up", "g_down")
+def _k_exp_signed(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, key: Tensor, su: Tensor, sd: Tensor,
+                  zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor, reset_bias: Tensor, A_up: float,
+                  A_down: float, g_up: float, g_down: float, es_b: float, sigma: float, add: float, slope: float,
+                  cplx: bool, wn: float, persistent: bool, has_decay: bool):
+    """:func:`_k_exp` (``one_sign``) on :class:`analogff.engine.moments.SignedMoments` (a row-by-row
+    transfer), the four moment arrays formed here (:func:`split_by_sign`)."""
+    mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
+    return _k_exp(hidden, app, mu_u, mu_d, m2_u, m2_d, 1.0, key, su, sd, zc, lo, hi, active, decay, reset_bias,
+                  A_up, A_down, g_up, g_down, es_b, sigma, add, slope, cplx, wn, persistent, has_decay, False, True)
+
+
 _POISSON_TERMS = 8
 _POISSON_MAX = 2.0
 
@@ -270,6 +282,22 @@ class ExpStep(DeviceModel):
                         add=add, slope=slope, cplx=cplx, wn=arr.write_noise, persistent=arr.persistent,
                         has_decay=decay, up_first=arr.calls % 2 == 1,
                         one_sign=one_sign)
+        return h, w, n, False
+
+    def apply_signed(self, arr: Any, moments: SignedMoments, rng: Any, decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """:meth:`apply` on the whole array with moments of one sign per device
+        (:class:`analogff.engine.moments.SignedMoments`; :func:`_k_exp_signed`; exact pulses: split first)."""
+        if arr.exact_pulses:
+            mu_u, mu_d, m2_u, m2_d = split_by_sign(*moments)
+            return self.apply(arr, arr.hidden, arr.w, lambda t: t, arr.shape, mu_u, mu_d, m2_u, m2_d, 1.0, rng, decay,
+                              True)
+        A_up, A_down, g_up, g_down, es_b = arr.es
+        add, slope = arr.noise_add_slope
+        h, w, n = arr.k(_k_exp_signed, arr.hidden, arr.w, moments.mu, moments.m2, rng.key(), arr.p["dwmin_up"],
+                        arr.p["dwmin_down"], arr.zc, arr.bmin, arr.bmax, arr.active, arr.p["decay_scales"],
+                        arr.p["reset_bias"], A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b,
+                        sigma=arr.sigma, add=add, slope=slope, cplx=arr.complex_noise, wn=arr.write_noise,
+                        persistent=arr.persistent, has_decay=decay)
         return h, w, n, False
 
     def pairs_with(self, arr: Any, other: Any) -> bool:
