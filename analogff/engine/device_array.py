@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .kernels import Kernels
 from .models import model_for
-from .moments import SignedMoments, split_by_column, split_by_sign
+from .moments import SignedMoments, split_by_column
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -208,14 +208,10 @@ class DeviceArray:
 
     def pulse_signed(self, moments: SignedMoments, rng: _Rng, post: bool = False) -> float:
         """:meth:`pulse` of the whole array with moments of one sign per device
-        (:class:`analogff.engine.moments.SignedMoments`, a row-by-row transfer): through the model's
-        ``apply_signed`` kernel when it has one (no four moment arrays written), else split here."""
-        apply = getattr(self.model, "apply_signed", None)
-        if apply is None:
-            mu_u, mu_d, m2_u, m2_d = split_by_sign(*moments)
-            return self.pulse(mu_u, mu_d, m2_u, m2_d, rng, post=post, one_sign=True)
+        (:class:`analogff.engine.moments.SignedMoments`, a row-by-row transfer), through the model's
+        ``apply_signed`` (its kernel splits them by sign: no four moment arrays written)."""
         self.calls += 1
-        h, w, n, decay = apply(self, moments, rng, post and self.has_decay)
+        h, w, n, decay = self.model.apply_signed(self, moments, rng, post and self.has_decay)
         return self._store(h, w, n, None, rng, post, decay)
 
     def _store(self, h: Tensor, w: Tensor, n: Tensor, index: Tensor | None, rng: _Rng, post: bool,

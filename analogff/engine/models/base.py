@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from torch import Tensor
 
+from ..moments import SignedMoments, split_by_sign
+
 
 class DeviceModel:
     """Base of the device models; ``name`` is the aihwkit class name it simulates."""
@@ -48,6 +50,14 @@ class DeviceModel:
         pulses, decay still to do)``, ``pulses`` per device (the array sums them: a sum inside a
         compiled kernel becomes a second loop)."""
         raise NotImplementedError
+
+    def apply_signed(self, arr: Any, moments: SignedMoments, rng: Any, decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """:meth:`apply` on the whole array with moments of one sign per device
+        (:class:`analogff.engine.moments.SignedMoments`, a row-by-row transfer). Here: split into the
+        four arrays first; a model whose kernel splits them itself overrides this."""
+        mu_u, mu_d, m2_u, m2_d = split_by_sign(*moments)
+        return self.apply(arr, arr.hidden, arr.w, lambda t: t, arr.shape, mu_u, mu_d, m2_u, m2_d, 1.0, rng, decay,
+                          True)
 
     def pairs_with(self, arr: Any, other: Any) -> bool:
         """Whether ``arr`` (plus) and ``other`` (minus) can take a one-sided transfer in one kernel."""

@@ -288,9 +288,7 @@ class ExpStep(DeviceModel):
         """:meth:`apply` on the whole array with moments of one sign per device
         (:class:`analogff.engine.moments.SignedMoments`; :func:`_k_exp_signed`; exact pulses: split first)."""
         if arr.exact_pulses:
-            mu_u, mu_d, m2_u, m2_d = split_by_sign(*moments)
-            return self.apply(arr, arr.hidden, arr.w, lambda t: t, arr.shape, mu_u, mu_d, m2_u, m2_d, 1.0, rng, decay,
-                              True)
+            return super().apply_signed(arr, moments, rng, decay)
         A_up, A_down, g_up, g_down, es_b = arr.es
         add, slope = arr.noise_add_slope
         h, w, n = arr.k(_k_exp_signed, arr.hidden, arr.w, moments.mu, moments.m2, rng.key(), arr.p["dwmin_up"],
