@@ -123,9 +123,9 @@ def test_row_by_row_update_forms_its_moments_in_the_kernel_and_equals_the_moment
     cell = eng.cell
     arrays = list(cell.devs) if hasattr(cell, "devs") else [cell.arr]
     g = torch.Generator().manual_seed(5)
-    for arr in arrays:
-        arr.set_weights(torch.rand(arr.shape, generator=g) * 0.3 * (1 if hasattr(cell, "devs") else 2) -
-                        (0 if hasattr(cell, "devs") else 0.3), eng.rng)
+    for arr in arrays:  # a one-sided pair's conductances are >= 0, a single device's weights of both signs
+        r = torch.rand(arr.shape, generator=g)
+        arr.set_weights(r * 0.3 if hasattr(cell, "devs") else (r - 0.5) * 0.6, eng.rng)
     u = torch.randn(12, 30, generator=g) * torch.rand(1, 30, generator=g)
     u[:, 4] = 0.0
     lr = 30 * weight_granularity(rpu.device)

@@ -115,7 +115,8 @@ def _k_exp_signed(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, key: Tens
     transfer), the four moment arrays formed here (:func:`split_by_sign`)."""
     mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
     return _k_exp(hidden, app, mu_u, mu_d, m2_u, m2_d, 1.0, key, su, sd, zc, lo, hi, active, decay, reset_bias,
-                  A_up, A_down, g_up, g_down, es_b, sigma, add, slope, cplx, wn, persistent, has_decay, False, True)
+                  A_up, A_down, g_up, g_down, es_b, sigma, add, slope, cplx, wn, persistent, has_decay, up_first=False,
+                  one_sign=True)
 
 
 _POISSON_TERMS = 8
