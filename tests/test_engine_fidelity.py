@@ -46,12 +46,19 @@ PROFILES = list_devices(DEVICES)
 IN, OUT, B = 64, 32, 16
 
 
-def _pair(path: Path, seed: int) -> tuple[AihwkitEngine, TorchPulsedEngine]:
-    """An aihwkit tile and a torch engine with identical device parameters and weights."""
+def _aihwkit_tile(path: Path, seed: int) -> AihwkitEngine:
+    """An aihwkit tile with the devices (construction seed) and weights of ``seed``; its pulses, and
+    the write noise of a profile that has it, are clock-seeded."""
     a = AihwkitEngine(IN, OUT, load_device(path).rpu_config(), seed)
-    t = TorchPulsedEngine(IN, OUT, load_device(path).rpu_config(), seed)
     g = torch.Generator().manual_seed(100 + seed)
     a.set_weights((torch.rand(OUT, IN, generator=g) * 2 - 1) * 0.3)
+    return a
+
+
+def _pair(path: Path, seed: int) -> tuple[AihwkitEngine, TorchPulsedEngine]:
+    """An aihwkit tile and a torch engine with identical device parameters and weights."""
+    a = _aihwkit_tile(path, seed)
+    t = TorchPulsedEngine(IN, OUT, load_device(path).rpu_config(), seed)
     t.load_device_state(a.device_state(), weights=a.get_weights())
     assert torch.equal(a.get_weights(), t.get_weights())
     return a, t
@@ -123,17 +130,24 @@ def _saturation(state: dict[str, torch.Tensor], weights: torch.Tensor) -> tuple[
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_saturation_matches_aihwkit(path):
-    """Even columns are pushed down, odd ones up, until (most) devices sit at their bounds."""
+    """Even columns are pushed down, odd ones up, until (most) devices sit at their bounds.
+
+    aihwkit's side is the mean of 4 tiles built alike (the same devices and weights; their pulses
+    and write noise are clock-seeded): one ReRAM SB tile's mean distance to the bounds scatters by
+    0.0044 of the range run to run, its fraction near a bound by 0.045 (150 runs each), so a single
+    tile left the tolerances below now and then (0.063 against the engine's 0.046 once in CI)."""
     a, t = _pair(path, 0)
+    tiles = [a] + [_aihwkit_tile(path, 0) for _ in range(3)]
     g = torch.Generator().manual_seed(7)
     sign = torch.where(torch.arange(OUT) % 2 == 0, 1.0, -1.0)
     for _ in range(25):
         x = torch.rand(B, IN, generator=g)
         d = (torch.rand(B, OUT, generator=g) * 0.5 + 0.5) * sign
-        a.update(x, d, 0.05)
+        for tile in tiles:
+            tile.update(x, d, 0.05)
         t.update(x, d, 0.05)
-    sa, st = a.device_state(), t.device_state()
-    ha, ht = _hidden(sa, a.get_weights()), _hidden(st, t.get_weights())
+    st = t.device_state()
+    ht = _hidden(st, t.get_weights())
     cfg = load_device(path).rpu_config().device
     dev = cfg.unit_cell_devices[0] if hasattr(cfg, "unit_cell_devices") else getattr(cfg, "device", cfg)
     span = float(dev.w_max) - float(dev.w_min)
@@ -146,11 +160,14 @@ def test_saturation_matches_aihwkit(path):
 
     rel = 0.06 if algorithm_of(cfg) == "chopped" else 0.04
     for cols in (slice(0, None, 2), slice(1, None, 2)):
-        diff = abs(float(ha[..., cols, :].mean()) - float(ht[..., cols, :].mean()))
+        ma = sum(float(_hidden(tile.device_state(), tile.get_weights())[..., cols, :].mean()) for tile in tiles)
+        diff = abs(ma / len(tiles) - float(ht[..., cols, :].mean()))
         assert diff <= rel * span, (diff, span)
-    (fa, da), (ft, dt) = _saturation(sa, a.get_weights()), _saturation(st, t.get_weights())
+    per_tile = [_saturation(tile.device_state(), tile.get_weights()) for tile in tiles]
+    fa, da = (sum(v) / len(tiles) for v in zip(*per_tile))
+    ft, dt = _saturation(st, t.get_weights())
     assert abs(da - dt) <= 0.01 + 0.1 * da, (da, dt)
-    assert abs(fa - ft) <= 0.12, (fa, ft)  # many devices sit at the band's edge: +-0.05 run to run
+    assert abs(fa - ft) <= 0.12, (fa, ft)  # many devices sit at the band's edge: +-0.05 run to run (one tile)
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
