@@ -247,7 +247,6 @@ class StepSplit:
                     self.wrap(mod, name, "moments")
         self.wrap(device_array.DeviceArray, "pulse", "device kernels")
         self.wrap(device_array.DeviceArray, "pulse_pair", "device kernels")
-        self.wrap(device_array.DeviceArray, "pulse_by_column", "device kernels")
         self.wrap(device_array.DeviceArray, "pulse_signed", "device kernels")
         self.wrap(device_array.DeviceArray, "pulse_pair_signed", "device kernels")
         self.wrap(transfer.TransferCell, "_read", "transfer reads")

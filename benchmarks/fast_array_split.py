@@ -1,6 +1,6 @@
-"""One half batch's pulses on a transfer compound's fast array: moments split by column
-(``DeviceArray.pulse_by_column``, the kernel forms the four moment arrays) against the four arrays
-written out first (``DeviceArray.pulse`` after ``split_by_column``).
+"""One half batch's pulses on a transfer compound's fast array: signed moments
+(``DeviceArray.pulse_signed`` on :class:`SignedMoments`, the kernel forms the four moment arrays)
+against the four arrays written out first (``DeviceArray.pulse`` after ``split_by_sign``).
 
 Both paths give the same weights (tests/test_engine_moments.py); this times them in one process,
 interleaved, on the 784 x 500 fast array of a profile, 1 thread::
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from analogff.crossbar import Crossbar
-    from analogff.engine.moments import split_by_column
+    from analogff.engine.moments import SignedMoments, split_by_sign
     from analogff.experiment import keep_freed_memory
 
     keep_freed_memory()  # as the main job does
@@ -41,28 +41,29 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(0)
     mu = torch.rand(arr.shape, generator=g) * 0.3
     m2 = mu * 0.1
-    down = (torch.rand(arr.shape[1], generator=g) < 0.5).float()
+    mu = torch.where(torch.rand(arr.shape[1], generator=g) < 0.5, mu, -mu)  # the sign set by the column
+    m2_scale = 3.125  # FF's half batch of 100 over its 32 second-moment samples
     rng = xbar.engine.rng
 
     def four() -> None:
-        arr.pulse(*split_by_column(mu, m2, down), rng)
+        arr.pulse(*split_by_sign(mu, m2), rng, m2_scale=m2_scale)
 
-    def by_column() -> None:
-        arr.pulse_by_column(mu, m2, down, rng)
+    def signed() -> None:
+        arr.pulse_signed(SignedMoments(mu, m2, m2_scale), rng)
 
-    for f in (four, by_column):  # untimed: compilation or the package cache's load
+    for f in (four, signed):  # untimed: compilation or the package cache's load
         for _ in range(3):
             f()
     print(f"# {args.profile}: one half batch's pulses on the {arr.shape[0]} x {arr.shape[1]} fast array, "
           f"ms per call (mean of {args.calls}), torch {torch.__version__}, 1 thread")
     for r in range(args.rounds):
         res = []
-        for f in (four, by_column):
+        for f in (four, signed):
             t = time.perf_counter()
             for _ in range(args.calls):
                 f()
             res.append((time.perf_counter() - t) / args.calls * 1e3)
-        print(f"round {r + 1}: four arrays {res[0]:.2f} ms, by column {res[1]:.2f} ms ({res[0] / res[1]:.2f}x)")
+        print(f"round {r + 1}: four arrays {res[0]:.2f} ms, signed {res[1]:.2f} ms ({res[0] / res[1]:.2f}x)")
     return 0
 
 

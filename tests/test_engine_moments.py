@@ -42,7 +42,7 @@ def test_coincidence_moments_split_by_the_sign_of_x_d_and_the_choppers(d_sign, c
     coincidence counts as down where x_i c_i d_o > 0 (c the input chopper), up where < 0. Covers the
     one-GEMM path (x >= 0, d of one sign: FF's halves) and the general one (d of both signs)."""
     from analogff.engine import weight_granularity
-    from analogff.engine.moments import ColumnSplit, _coincidence_moments
+    from analogff.engine.moments import SignedMoments, _coincidence_moments, split_by_sign
     from analogff.engine.pulse_trains import _probabilities, _train_constants
     from analogff.engine.rng import _Rng
 
@@ -66,23 +66,24 @@ def test_coincidence_moments_split_by_the_sign_of_x_d_and_the_choppers(d_sign, c
     for got_t, want_t in zip(got[:4], want):
         assert torch.allclose(got_t.double(), want_t, rtol=1e-5, atol=1e-6)
     assert got[4] == 1.0
-    # by_column: FF's one-sign halves come as (mu, m2, down) whose expansion is the same four arrays
-    split = _coincidence_moments(x, d, lr, cfg.update, gran, _Rng(0, torch.device("cpu")), max_second=0,
-                                 col_sign=chop, by_column=True)
-    assert isinstance(split, ColumnSplit) == (d_sign != 0)
+    # signed: FF's one-sign halves come as SignedMoments (the column signs folded into the GEMM)
+    # whose split by sign is the same four arrays, bit for bit
+    signed = _coincidence_moments(x, d, lr, cfg.update, gran, _Rng(0, torch.device("cpu")), max_second=0,
+                                  col_sign=chop, signed=True)
+    assert isinstance(signed, SignedMoments) == (d_sign != 0)
     if d_sign:
-        up = 1.0 - split.down
-        four = (split.mu * up, split.mu * split.down, split.m2 * up, split.m2 * split.down)
-        assert set(split.down.tolist()) <= {0.0, 1.0} and split.m2_scale == 1.0
-        for got_t, four_t in zip(got[:4], four):
+        assert signed.m2_scale == 1.0
+        for got_t, four_t in zip(got[:4], split_by_sign(signed.mu, signed.m2)):
             assert torch.equal(got_t, four_t)
 
 
-@pytest.mark.parametrize("name", ["ecram", "reram_sb_cttv2", "pcm"])
-def test_pulse_by_column_applies_the_split_moments(name):
-    """DeviceArray.pulse_by_column (the affine models' own kernel, the others' split fallback) leaves
-    the array exactly where pulse with the four expanded moment arrays does, from the same random state."""
+@pytest.mark.parametrize("name", ["ecram", "reram_sb_cttv2", "reram_es", "pcm"])
+def test_pulse_signed_with_a_second_moment_scale_applies_the_split_moments(name):
+    """DeviceArray.pulse_signed with ``m2_scale`` (FF's half batch on a fast array: the affine and
+    ExpStep models' own kernels, PCM's split fallback) leaves the array exactly where pulse with the
+    four split moment arrays does, from the same random state."""
     from analogff.engine import TorchPulsedEngine
+    from analogff.engine.moments import SignedMoments
 
     eng = TorchPulsedEngine(30, 12, load_device(DEVICES / f"{name}.toml").rpu_config(), seed=0)
     cell = eng.cell
@@ -91,17 +92,17 @@ def test_pulse_by_column_applies_the_split_moments(name):
     arr.set_weights((torch.rand(arr.shape, generator=g) - 0.5) * 0.2, eng.rng)
     mu = torch.rand(arr.shape, generator=g) * 3
     m2 = mu * torch.rand(arr.shape, generator=g) * 0.5
-    down = (torch.rand(arr.shape[1], generator=g) < 0.5).float()
-    up = 1.0 - down
+    down = torch.rand(arr.shape[1], generator=g) < 0.5
+    up = ~down
     state = (arr.hidden.clone(), arr.w.clone(), eng.rng.gen.get_state())
     n_split = arr.pulse(mu * up, mu * down, m2 * up, m2 * down, eng.rng, m2_scale=1.5, post=True)
     want = arr.hidden.clone()
     arr.hidden, arr.w = state[0].clone(), state[1].clone()
     eng.rng.gen.set_state(state[2])
-    n_cols = arr.pulse_by_column(mu, m2, down, eng.rng, m2_scale=1.5, post=True)
+    n_signed = arr.pulse_signed(SignedMoments(torch.where(down, mu, -mu), m2, 1.5), eng.rng, post=True)
     assert not torch.equal(want, state[0])  # something was pulsed
     assert torch.equal(arr.hidden, want)
-    assert n_cols == pytest.approx(n_split, rel=1e-6)
+    assert n_signed == pytest.approx(n_split, rel=1e-6)
 
 
 @pytest.mark.parametrize("name,variant", [("idealized", ""), ("ecram", ""), ("reram_sb", ""), ("capacitor", ""),

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .kernels import Kernels
 from .models import model_for
-from .moments import SignedMoments, split_by_column
+from .moments import SignedMoments
 from .refuse import _refuse
 from .rng import _Rng
 
@@ -193,23 +193,11 @@ class DeviceArray:
                                           decay=decay, one_sign=one_sign)
         return self._store(h, w, n, index, rng, post, decay)
 
-    def pulse_by_column(self, mu: Tensor, m2: Tensor, down: Tensor, rng: _Rng, m2_scale: float = 1.0,
-                        post: bool = False) -> float:
-        """:meth:`pulse` of the whole array with moments whose sign is set by the column
-        (:class:`analogff.engine.moments.ColumnSplit`): the same pulses, through the model's
-        ``apply_by_column`` kernel when it has one (no four moment arrays written), else split here."""
-        apply = getattr(self.model, "apply_by_column", None)
-        if apply is None:
-            mu_u, mu_d, m2_u, m2_d = split_by_column(mu, m2, down)
-            return self.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=m2_scale, post=post)
-        self.calls += 1
-        h, w, n, decay = apply(self, mu, m2, down, m2_scale, rng, post and self.has_decay)
-        return self._store(h, w, n, None, rng, post, decay)
-
     def pulse_signed(self, moments: SignedMoments, rng: _Rng, post: bool = False) -> float:
         """:meth:`pulse` of the whole array with moments of one sign per device
-        (:class:`analogff.engine.moments.SignedMoments`, a row-by-row transfer), through the model's
-        ``apply_signed`` (its kernel splits them by sign: no four moment arrays written)."""
+        (:class:`analogff.engine.moments.SignedMoments`: a row-by-row transfer, or FF's half batch on
+        a transfer compound's fast array), through the model's ``apply_signed`` (its kernel splits
+        them by sign: no four moment arrays written)."""
         self.calls += 1
         h, w, n, decay = self.model.apply_signed(self, moments, rng, post and self.has_decay)
         return self._store(h, w, n, None, rng, post, decay)

@@ -16,30 +16,16 @@ from .rng import _Rng
 _SECOND_MOMENT_SAMPLES = 64
 
 
-class ColumnSplit(NamedTuple):
-    """Moments whose sign is set by the column alone (:func:`_coincidence_moments` with
-    ``by_column``): device (i, j) gets only down pulses where ``down[j]`` is 1, only up pulses where
-    it is 0. ``mu_up = mu (1 - down)``, ``mu_down = mu down``, and so for ``m2``
-    (:func:`split_by_column`): a kernel that
-    takes this form (:meth:`analogff.engine.device_array.DeviceArray.pulse_by_column`) reads two
-    arrays instead of four, and nobody writes the four."""
-
-    mu: Tensor  #: (out, in) mean coincidence count
-    m2: Tensor  #: (out, in) second-moment sum (times ``m2_scale``)
-    down: Tensor  #: (in,) 1.0 where the column's pulses lower the weight, else 0.0
-    m2_scale: float
-
-
 def split_by_column(mu: Tensor, m2: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(mu_up, mu_down, m2_up, m2_down)`` of a :class:`ColumnSplit`'s ``mu``, ``m2`` and ``down``:
-    element-wise, so a kernel can call it on its inputs (:func:`analogff.engine.models.affine._k_affine_cols`)."""
+    element-wise (FF's one-sign halves as four arrays)."""
     up = 1.0 - down
     return mu * up, mu * down, m2 * up, m2 * down
 
 
 def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, rng: _Rng,
                          max_second: int = _SECOND_MOMENT_SAMPLES, col_sign: Tensor | None = None,
-                         by_column: bool = False):
+                         signed: bool = False):
     """Moments of the up and down coincidence counts per device over the batch.
 
     Returns ``(mu_up, mu_down, m2_up, m2_down, m2_scale)``, each (out, in): the means
@@ -51,7 +37,8 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     The GEMMs: FF's activations are >= 0 and each half of its [positive; negative] batch has errors
     of one sign, so every device's count has one sign: one GEMM over ``out`` rows, split by column
     sign. Otherwise one GEMM over ``2 out`` rows (``[d > 0, d < 0]``), two when x has both signs.
-    ``by_column``: in the one-sign case return a :class:`ColumnSplit` instead of the four arrays.
+    ``signed``: in the one-sign case return :class:`SignedMoments` instead of the four arrays, the
+    column signs folded into ``p_x`` before the GEMM (negating a column negates its sums exactly).
     """
     bl, a, b = _train_constants(x.abs().amax(dim=1), d.abs().amax(dim=1), lr, up, gran)
     px = _probabilities(x, b, up)  # (B, in)
@@ -70,16 +57,17 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     x_nonneg = bool((x >= 0).all())
     d_sign = 1 if bool((d >= 0).all()) else -1 if bool((d <= 0).all()) else 0
     if x_nonneg and d_sign != 0:  # every x d has the sign of d (times the column's chopper)
-        mu = dd.T @ px  # (out, in)
         px_s = sample(px)
         m2 = (sample(dd) * sample(pd)).T @ (px_s * px_s)
-        if col_sign is None and not by_column:
+        if signed:  # +1 where a column's pulses lower the weight (x d > 0)
+            sign = col_sign * d_sign if col_sign is not None else float(d_sign)
+            return SignedMoments(dd.T @ (px * sign), m2, scale2)
+        mu = dd.T @ px  # (out, in)
+        if col_sign is None:
             z_mu, z_m2 = torch.zeros_like(mu), torch.zeros_like(m2)
             return (z_mu, mu, z_m2, m2, scale2) if d_sign > 0 else (mu, z_mu, m2, z_m2, scale2)
-        sign = col_sign * d_sign if col_sign is not None else torch.full((mu.shape[1],), float(d_sign),
-                                                                         device=mu.device, dtype=mu.dtype)
-        down = (sign > 0).to(mu.dtype)  # columns where x d > 0
-        return ColumnSplit(mu, m2, down, scale2) if by_column else (*split_by_column(mu, m2, down), scale2)
+        down = (col_sign * d_sign > 0).to(mu.dtype)  # columns where x d > 0
+        return (*split_by_column(mu, m2, down), scale2)
     if col_sign is not None:
         x = x * col_sign
     zero = torch.zeros((), device=x.device)
@@ -107,14 +95,16 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
 
 
 class SignedMoments(NamedTuple):
-    """Moments of pulses of one sign per device (a row-by-row transfer: each device sees one
-    sample): ``mu > 0`` is a mean count of down pulses (x d > 0 lowers the weight), ``mu < 0`` of
-    up pulses, ``m2`` the second-moment sum (``m2_scale`` 1). Two arrays instead of the four of
+    """Moments of pulses of one sign per device: a row-by-row transfer (each device sees one
+    sample), or one of FF's half batches (the sign set by the column, :func:`_coincidence_moments`
+    with ``signed``). ``mu > 0`` is a mean count of down pulses (x d > 0 lowers the weight), ``mu <
+    0`` of up pulses, ``m2 * m2_scale`` the second-moment sum. Two arrays instead of the four of
     :func:`split_by_sign`: a kernel that takes this form
     (:meth:`analogff.engine.device_array.DeviceArray.pulse_signed`) splits them element by element."""
 
     mu: Tensor  #: (out, in) signed mean coincidence count
-    m2: Tensor  #: (out, in) second-moment sum
+    m2: Tensor  #: (out, in) second-moment sum (times ``m2_scale``)
+    m2_scale: float = 1.0  #: the batch over the samples ``m2`` was estimated from
 
 
 def split_by_sign(mu: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -101,7 +101,8 @@ class OneSidedCell:
         plus, minus = self.devs[1], self.devs[0]
         if plus.pairs_with(minus):  # one kernel for the pair, the four moment arrays formed in it
             return self._refresh_after(plus.pulse_pair_signed(minus, moments, rng), u.shape[1], rng)
-        return self._apply_moments((*split_by_sign(*moments), 1.0), u.shape[1], rng, one_sign=True)
+        return self._apply_moments((*split_by_sign(moments.mu, moments.m2), moments.m2_scale), u.shape[1], rng,
+                                   one_sign=True)
 
     def update(self, x: Tensor, d: Tensor, lr: float, rng: _Rng) -> float:
         return self._apply_moments(_coincidence_moments(x, d, lr, self.up, self.gran, rng), x.shape[0], rng)

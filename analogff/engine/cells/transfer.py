@@ -67,7 +67,7 @@ from torch import Tensor
 
 from ..device_array import DeviceArray
 from ..kernels import Kernels
-from ..moments import _SECOND_MOMENT_SAMPLES, ColumnSplit, _coincidence_moments, _rowwise_moments
+from ..moments import _SECOND_MOMENT_SAMPLES, SignedMoments, _coincidence_moments, _rowwise_moments
 from ..pulse_trains import _check_pulse_type, weight_granularity
 from ..reads import DEVICES_PER_WEIGHT, Reads
 from ..refuse import _refuse
@@ -277,10 +277,9 @@ class TransferCell:
                 col_sign = self.in_chop if bool((self.in_chop < 0).any()) else None
                 di = di * self.out_chop if bool((self.out_chop < 0).any()) else di
             mom = _coincidence_moments(xi, di, ref, self.up, self.gran_a, rng, max(_SECOND_MOMENT_SAMPLES // k, 16),
-                                       col_sign, by_column=True)
-            if isinstance(mom, ColumnSplit):  # FF's half batches: one sign per column
-                pulses += self.fast.pulse_by_column(mom.mu, mom.m2, mom.down, rng, m2_scale=mom.m2_scale,
-                                                    post=i == k - 1)
+                                       col_sign, signed=True)
+            if isinstance(mom, SignedMoments):  # FF's half batches: one sign per column
+                pulses += self.fast.pulse_signed(mom, rng, post=i == k - 1)
             else:
                 mu_u, mu_d, m2_u, m2_d, sc = mom
                 pulses += self.fast.pulse(mu_u, mu_d, m2_u, m2_d, rng, m2_scale=sc, post=i == k - 1)

@@ -13,32 +13,21 @@ import torch
 from torch import Tensor
 
 from ..kernels import _bridge, _log1p_ratio, _pulse_draw
-from ..moments import SignedMoments, split_by_column, split_by_sign
+from ..moments import SignedMoments, split_by_sign
 from ..rng import _bits, _unpack
 from .base import DeviceModel
 
 
-def _k_affine_cols(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Tensor, down: Tensor,
-                   m2_scale: float, key: Tensor, cu: Tensor, cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor,
-                   bu: Tensor, bd: Tensor, lo: Tensor, hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float,
-                   wn: float, constant: bool, mult: bool, persistent: bool, has_decay: bool):
-    """:func:`_k_affine` on moments split by column (:class:`analogff.engine.moments.ColumnSplit`):
-    ``down`` (in,) 1 where a column's pulses lower the weight; the four moment arrays are formed
-    here, element by element, instead of being written and read back."""
-    mu_u, mu_d, m2_u, m2_d = split_by_column(mu, m2, down)
-    return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, key, cu, cd, lu, ld, au, ad,
-                     bu, bd, lo, hi, decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
-
-
-def _k_affine_signed(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Tensor, key: Tensor, cu: Tensor,
+def _k_affine_signed(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, key: Tensor,
+                     cu: Tensor,
                      cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor, bd: Tensor, lo: Tensor,
                      hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float, constant: bool, mult: bool,
                      persistent: bool, has_decay: bool):
-    """:func:`_k_affine` on :class:`analogff.engine.moments.SignedMoments` (a row-by-row
-    transfer): the four moment arrays are formed here, element by element (:func:`split_by_sign`),
-    instead of being written and read back."""
+    """:func:`_k_affine` on :class:`analogff.engine.moments.SignedMoments`: the four moment arrays
+    are formed here, element by element (:func:`split_by_sign`), instead of being written and read
+    back."""
     mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
-    return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, 1.0, key, cu, cd, lu, ld, au, ad, bu, bd, lo, hi,
+    return _k_affine(hidden, app, ref, mu_u, mu_d, m2_u, m2_d, m2_scale, key, cu, cd, lu, ld, au, ad, bu, bd, lo, hi,
                      decay, reset_bias, sigma, wn, constant, mult, persistent, has_decay)
 
 
@@ -160,15 +149,7 @@ class AffineModel(DeviceModel):
         """:meth:`apply` on the whole array with moments of one sign per device
         (:class:`analogff.engine.moments.SignedMoments`; :func:`_k_affine_signed`)."""
         ref, consts, flags = self._device_args(arr, lambda t: t, decay)
-        h, w, n = arr.k(_k_affine_signed, arr.hidden, arr.w, ref, moments.mu, moments.m2, rng.key(), *consts,
+        h, w, n = arr.k(_k_affine_signed, arr.hidden, arr.w, ref, moments.mu, moments.m2, moments.m2_scale, rng.key(),
+                        *consts,
                         **flags)
-        return h, w, n, False
-
-    def apply_by_column(self, arr: Any, mu: Tensor, m2: Tensor, down: Tensor, m2_scale: float, rng: Any,
-                        decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
-        """:meth:`apply` on the whole array with moments split by column (``down`` (in,), see
-        :class:`analogff.engine.moments.ColumnSplit`)."""
-        ref, consts, flags = self._device_args(arr, lambda t: t, decay)
-        down = down.expand(arr.shape).contiguous()
-        h, w, n = arr.k(_k_affine_cols, arr.hidden, arr.w, ref, mu, m2, down, m2_scale, rng.key(), *consts, **flags)
         return h, w, n, False

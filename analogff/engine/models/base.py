@@ -53,10 +53,11 @@ class DeviceModel:
 
     def apply_signed(self, arr: Any, moments: SignedMoments, rng: Any, decay: bool) -> tuple[Tensor, Tensor, Tensor, bool]:
         """:meth:`apply` on the whole array with moments of one sign per device
-        (:class:`analogff.engine.moments.SignedMoments`, a row-by-row transfer). Here: split into the
-        four arrays first; a model whose kernel splits them itself overrides this."""
-        mu_u, mu_d, m2_u, m2_d = split_by_sign(*moments)
-        return self.apply(arr, arr.hidden, arr.w, lambda t: t, arr.shape, mu_u, mu_d, m2_u, m2_d, 1.0, rng, decay,
+        (:class:`analogff.engine.moments.SignedMoments`). Here: split into the four arrays first; a
+        model whose kernel splits them itself overrides this."""
+        mu_u, mu_d, m2_u, m2_d = split_by_sign(moments.mu, moments.m2)
+        return self.apply(arr, arr.hidden, arr.w, lambda t: t, arr.shape, mu_u, mu_d, m2_u, m2_d, moments.m2_scale, rng,
+                          decay,
                           True)
 
     def pairs_with(self, arr: Any, other: Any) -> bool:
