@@ -17,8 +17,9 @@ _SECOND_MOMENT_SAMPLES = 64
 
 
 def split_by_column(mu: Tensor, m2: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(mu_up, mu_down, m2_up, m2_down)`` of a :class:`ColumnSplit`'s ``mu``, ``m2`` and ``down``:
-    element-wise (FF's one-sign halves as four arrays)."""
+    """``(mu_up, mu_down, m2_up, m2_down)`` of means ``mu`` and second moments ``m2`` whose sign is
+    set by the column: ``down`` (in,) is 1.0 where a column's pulses lower the weight, else 0.0
+    (FF's one-sign halves as four arrays)."""
     up = 1.0 - down
     return mu * up, mu * down, m2 * up, m2 * down
 
