@@ -172,22 +172,29 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize("name", ["idealized", "reram_sb", "pcm"])
 def test_update_rows_is_the_row_by_row_update(name, engine):
     """update_rows(U) applies W - lr U with the pulses of update(I, U^T): same mean change per device
-    (the torch engine computes it element-wise, not through an identity batch)."""
+    (the torch engine computes it element-wise, not through an identity batch). aihwkit's tiles are
+    clock-seeded and each draws its Gaussians from its own table, whose mean biases a ReRAM SB tile's
+    update by a few per cent: the ratio of two tiles' mean changes scatters by 0.04 (100 runs), so
+    aihwkit's side is the sum over 4 pairs of tiles."""
     g = torch.Generator().manual_seed(3)
     u = torch.randn(32, 64, generator=g)
-    a = Crossbar(64, 32, device=DEVICES / f"{name}.toml", seed=0, engine=engine)
-    b = Crossbar(64, 32, device=DEVICES / f"{name}.toml", seed=0, engine=engine)
-    w0 = a.get_weights()
-    lr = 20 * float(a.w_scale) * 1e-3 * (5 if name == "reram_sb" else 1)  # a few pulses per device
-    for _ in range(3):
-        a.update_rows(u, lr)
-        b.update(torch.eye(64), u.T, lr)
-    da, db = a.get_weights() - w0, b.get_weights() - w0
-    assert a.counters.updates == b.counters.updates == 3 * 64
-    assert a.counters.update_pulses == pytest.approx(b.counters.update_pulses, rel=0.1)
-    # both move every weight against u, by the same amount on average
-    assert torch.corrcoef(torch.stack([da.flatten(), -u.flatten()]))[0, 1] > 0.5
-    assert (da * -u.sign()).mean() == pytest.approx(float((db * -u.sign()).mean()), rel=0.15)
+    move_a = move_b = 0.0
+    for _ in range(4 if engine == "aihwkit" else 1):
+        a = Crossbar(64, 32, device=DEVICES / f"{name}.toml", seed=0, engine=engine)
+        b = Crossbar(64, 32, device=DEVICES / f"{name}.toml", seed=0, engine=engine)
+        w0 = a.get_weights()
+        lr = 20 * float(a.w_scale) * 1e-3 * (5 if name == "reram_sb" else 1)  # a few pulses per device
+        for _ in range(3):
+            a.update_rows(u, lr)
+            b.update(torch.eye(64), u.T, lr)
+        da, db = a.get_weights() - w0, b.get_weights() - w0
+        assert a.counters.updates == b.counters.updates == 3 * 64
+        assert a.counters.update_pulses == pytest.approx(b.counters.update_pulses, rel=0.1)
+        # both move every weight against u, by the same amount on average
+        assert torch.corrcoef(torch.stack([da.flatten(), -u.flatten()]))[0, 1] > 0.5
+        move_a += float((da * -u.sign()).mean())
+        move_b += float((db * -u.sign()).mean())
+    assert move_a == pytest.approx(move_b, rel=0.15)
 
 
 def test_mixed_precision_update_rows_equals_the_identity_batch():
