@@ -19,10 +19,9 @@ from .base import DeviceModel
 
 
 def _k_affine_signed(hidden: Tensor, app: Tensor, ref: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, key: Tensor,
-                     cu: Tensor,
-                     cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor, bd: Tensor, lo: Tensor,
-                     hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float, constant: bool, mult: bool,
-                     persistent: bool, has_decay: bool):
+                     cu: Tensor, cd: Tensor, lu: Tensor, ld: Tensor, au: Tensor, ad: Tensor, bu: Tensor, bd: Tensor,
+                     lo: Tensor, hi: Tensor, decay: Tensor, reset_bias: Tensor, sigma: float, wn: float, constant: bool,
+                     mult: bool, persistent: bool, has_decay: bool):
     """:func:`_k_affine` on :class:`analogff.engine.moments.SignedMoments`: the four moment arrays
     are formed here, element by element (:func:`split_by_sign`), instead of being written and read
     back."""
@@ -150,6 +149,5 @@ class AffineModel(DeviceModel):
         (:class:`analogff.engine.moments.SignedMoments`; :func:`_k_affine_signed`)."""
         ref, consts, flags = self._device_args(arr, lambda t: t, decay)
         h, w, n = arr.k(_k_affine_signed, arr.hidden, arr.w, ref, moments.mu, moments.m2, moments.m2_scale, rng.key(),
-                        *consts,
-                        **flags)
+                        *consts, **flags)
         return h, w, n, False

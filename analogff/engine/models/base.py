@@ -57,8 +57,7 @@ class DeviceModel:
         model whose kernel splits them itself overrides this."""
         mu_u, mu_d, m2_u, m2_d = split_by_sign(moments.mu, moments.m2)
         return self.apply(arr, arr.hidden, arr.w, lambda t: t, arr.shape, mu_u, mu_d, m2_u, m2_d, moments.m2_scale, rng,
-                          decay,
-                          True)
+                          decay, True)
 
     def pairs_with(self, arr: Any, other: Any) -> bool:
         """Whether ``arr`` (plus) and ``other`` (minus) can take a one-sided transfer in one kernel."""

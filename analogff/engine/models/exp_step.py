@@ -108,10 +108,9 @@ def _k_exp(hidden: Tensor, app: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: Tensor
 
 @static("A_up", "A_down", "g_up", "g_down")
 def _k_exp_signed(hidden: Tensor, app: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, key: Tensor, su: Tensor,
-                  sd: Tensor,
-                  zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor, reset_bias: Tensor, A_up: float,
-                  A_down: float, g_up: float, g_down: float, es_b: float, sigma: float, add: float, slope: float,
-                  cplx: bool, wn: float, persistent: bool, has_decay: bool):
+                  sd: Tensor, zc: Tensor, lo: Tensor, hi: Tensor, active: Tensor, decay: Tensor, reset_bias: Tensor,
+                  A_up: float, A_down: float, g_up: float, g_down: float, es_b: float, sigma: float, add: float,
+                  slope: float, cplx: bool, wn: float, persistent: bool, has_decay: bool):
     """:func:`_k_exp` (``one_sign``) on :class:`analogff.engine.moments.SignedMoments`, the four
     moment arrays formed here (:func:`split_by_sign`)."""
     mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
@@ -217,9 +216,8 @@ def _k_exp_exact_pair(hp: Tensor, hm: Tensor, mu_u: Tensor, mu_d: Tensor, m2_u: 
 
 
 def _k_exp_exact_pair_signed(hp: Tensor, hm: Tensor, mu: Tensor, m2: Tensor, m2_scale: float, kp: Tensor, km: Tensor,
-                             sp: Tensor,
-                             sm: Tensor, zcp: Tensor, zcm: Tensor, lop: Tensor, lom: Tensor, hip: Tensor, him: Tensor,
-                             actp: Tensor, actm: Tensor, **kw: Any):
+                             sp: Tensor, sm: Tensor, zcp: Tensor, zcm: Tensor, lop: Tensor, lom: Tensor, hip: Tensor,
+                             him: Tensor, actp: Tensor, actm: Tensor, **kw: Any):
     """:func:`_k_exp_exact_pair` on :class:`analogff.engine.moments.SignedMoments` (a row-by-row
     transfer), the four moment arrays formed here (:func:`split_by_sign`)."""
     mu_u, mu_d, m2_u, m2_d = split_by_sign(mu, m2)
@@ -295,9 +293,8 @@ class ExpStep(DeviceModel):
         A_up, A_down, g_up, g_down, es_b = arr.es
         add, slope = arr.noise_add_slope
         h, w, n = arr.k(_k_exp_signed, arr.hidden, arr.w, moments.mu, moments.m2, moments.m2_scale, rng.key(),
-                        arr.p["dwmin_up"],
-                        arr.p["dwmin_down"], arr.zc, arr.bmin, arr.bmax, arr.active, arr.p["decay_scales"],
-                        arr.p["reset_bias"], A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b,
+                        arr.p["dwmin_up"], arr.p["dwmin_down"], arr.zc, arr.bmin, arr.bmax, arr.active,
+                        arr.p["decay_scales"], arr.p["reset_bias"], A_up=A_up, A_down=A_down, g_up=g_up, g_down=g_down, es_b=es_b,
                         sigma=arr.sigma, add=add, slope=slope, cplx=arr.complex_noise, wn=arr.write_noise,
                         persistent=arr.persistent, has_decay=decay)
         return h, w, n, False
