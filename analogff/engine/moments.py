@@ -16,14 +16,6 @@ from .rng import _Rng
 _SECOND_MOMENT_SAMPLES = 64
 
 
-def split_by_column(mu: Tensor, m2: Tensor, down: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(mu_up, mu_down, m2_up, m2_down)`` of means ``mu`` and second moments ``m2`` whose sign is
-    set by the column: ``down`` (in,) is 1.0 where a column's pulses lower the weight, else 0.0
-    (FF's one-sign halves as four arrays)."""
-    up = 1.0 - down
-    return mu * up, mu * down, m2 * up, m2 * down
-
-
 def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, rng: _Rng,
                          max_second: int = _SECOND_MOMENT_SAMPLES, col_sign: Tensor | None = None,
                          signed: bool = False):
@@ -60,15 +52,13 @@ def _coincidence_moments(x: Tensor, d: Tensor, lr: float, up: Any, gran: float, 
     if x_nonneg and d_sign != 0:  # every x d has the sign of d (times the column's chopper)
         px_s = sample(px)
         m2 = (sample(dd) * sample(pd)).T @ (px_s * px_s)
-        if signed:  # +1 where a column's pulses lower the weight (x d > 0)
+        if signed or col_sign is not None:  # +1 where a column's pulses lower the weight (x d > 0)
             sign = col_sign * d_sign if col_sign is not None else float(d_sign)
-            return SignedMoments(dd.T @ (px * sign), m2, scale2)
+            mom = SignedMoments(dd.T @ (px * sign), m2, scale2)
+            return mom if signed else (*split_by_sign(mom.mu, mom.m2), scale2)
         mu = dd.T @ px  # (out, in)
-        if col_sign is None:
-            z_mu, z_m2 = torch.zeros_like(mu), torch.zeros_like(m2)
-            return (z_mu, mu, z_m2, m2, scale2) if d_sign > 0 else (mu, z_mu, m2, z_m2, scale2)
-        down = (col_sign * d_sign > 0).to(mu.dtype)  # columns where x d > 0
-        return (*split_by_column(mu, m2, down), scale2)
+        z_mu, z_m2 = torch.zeros_like(mu), torch.zeros_like(m2)
+        return (z_mu, mu, z_m2, m2, scale2) if d_sign > 0 else (mu, z_mu, m2, z_m2, scale2)
     if col_sign is not None:
         x = x * col_sign
     zero = torch.zeros((), device=x.device)
