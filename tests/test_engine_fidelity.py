@@ -68,7 +68,7 @@ def _hidden(state: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tens
     """What the pulses act on: persistent weights (write noise), or both devices of a pair."""
     if "hidden_weights_1" in state:
         return torch.stack([state["hidden_weights_1"], state["hidden_weights_0"]]).cpu()
-    return state.get("persistent_weights", weights).cpu()
+    return state.get("persistent_weights", weights).cpu().clone()  # the engine's tensors change in place
 
 
 def _run(a: AihwkitEngine, t: TorchPulsedEngine, xs, ds, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +280,7 @@ def test_pcm_row_by_row_mean_update_matches_aihwkit():
         total = 0.0
         for _ in range(reps):
             e.set_weights(w0)
-            h0 = e.device_state()["hidden_weights_0"]
+            h0 = e.device_state()["hidden_weights_0"].clone()
             if name == "torch":
                 e.update_rows(u, lr)
             else:
