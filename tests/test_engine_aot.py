@@ -73,8 +73,11 @@ def test_a_static_float_is_baked_in_and_a_new_value_compiles_a_new_package(root,
 
 def test_a_second_cache_loads_from_disk_without_compiling(root, compiles):
     args, kw = _mp_args(64, 100, 0.02, seed=3)
+    pkg = aot.PackageCache(root).path(aot._Call(aot._Plan(_k_mp_prepare), args, kw))
+    os.utime(pkg, (1e9, 1e9))  # last used in 2001
     _same(aot.PackageCache(root)(_k_mp_prepare, args, kw), _k_mp_prepare(*args, **kw))
     assert compiles == []
+    assert pkg.stat().st_mtime > 1.7e9  # the load marked it used: the last to be pruned
 
 
 def test_inputs_that_alias_each_other_get_their_own_package(tmp_path, compiles):
@@ -132,6 +135,69 @@ def test_a_fresh_process_loads_its_packages_without_dynamo_or_inductor(root):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["True", "False", "False"], out.stderr[-2000:]
     assert len(list(root.glob("_k_mp_prepare-*.pt2"))) == 2  # loaded, not compiled again
+
+
+def _fake_packages(root: Path, ages_s: list[float], size: int = 1000) -> list[Path]:
+    """Package files of ``size`` bytes (each with its .json) last used ``ages_s`` seconds ago."""
+    import time
+
+    out = []
+    for i, age in enumerate(ages_s):
+        p = root / f"_k_old-{i:024d}.pt2"
+        p.write_bytes(b"x" * size)
+        p.with_suffix(".json").write_text("{}")
+        t = time.time() - age
+        os.utime(p, (t, t))
+        out.append(p)
+    return out
+
+
+def test_prune_deletes_the_least_recently_used_packages_down_to_80_percent(tmp_path):
+    old = _fake_packages(tmp_path, [5000, 4000, 3000, 2000, 1000, 10])  # 6000 bytes
+    stale = tmp_path / "tmpabc.pt2"  # a temporary package of a compile that was killed
+    stale.write_bytes(b"x" * 1000)
+    os.utime(stale, (1e9, 1e9))
+    assert aot.prune(tmp_path, 7000) == []  # under the limit: nothing
+    removed = aot.prune(tmp_path, 5000, keep={old[0]})
+    # 7000 bytes; down to 4000: the stale temporary first, then the oldest but the kept one
+    assert removed == [stale, old[1], old[2]]
+    assert not stale.exists() and not old[1].exists() and not old[1].with_suffix(".json").exists()
+    assert all(p.exists() for p in (old[0], old[3], old[4], old[5]))
+    # not kept any more, old[0] goes first; old[5] stays, written less than a minute ago
+    assert aot.prune(tmp_path, 1000) == [old[0], old[3], old[4]]
+    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == [old[5].name]
+
+
+def test_a_new_package_prunes_the_cache_to_its_limit(root, tmp_path, monkeypatch):
+    """After storing a package, the cache deletes the least recently used others down to 80 % of
+    ``$ANALOGFF_KERNEL_CACHE_MB``, never what this process loaded."""
+    args, kw = _mp_args(64, 100, 0.02, seed=3)
+    aot.PackageCache(root)(_k_mp_prepare, args, kw)  # compiled by the tests above (or now, run alone)
+    built = aot.PackageCache(root).path(aot._Call(aot._Plan(_k_mp_prepare), args, kw))
+    size = built.stat().st_size
+    old = _fake_packages(tmp_path, [3000, 2000, 1000], size=size)
+
+    def copy(call, path):  # stands in for compiling: the package the tests above built
+        path.write_bytes(built.read_bytes())
+        path.with_suffix(".json").write_text(built.with_suffix(".json").read_text())
+        return False
+
+    monkeypatch.setattr(aot, "_compile", copy)
+    monkeypatch.setenv("ANALOGFF_KERNEL_CACHE_MB", str(3.5 * size / 2**20))  # room for three and a half
+    cache = aot.PackageCache(tmp_path)
+    _same(cache(_k_mp_prepare, args, kw), _k_mp_prepare(*args, **kw))
+    # four packages > 3.5: down to 2.8, so the two oldest go; the new one and the youngest old one stay
+    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == sorted([old[2].name, cache.path(
+        aot._Call(aot._Plan(_k_mp_prepare), args, kw)).name])
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan"])
+def test_a_bad_cache_limit_is_a_one_line_error_naming_the_variable(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("ANALOGFF_KERNEL_CACHE_MB", value)
+    with pytest.raises(ValueError, match=r"^ANALOGFF_KERNEL_CACHE_MB=.*size limit in MB[^\n]*$"):
+        aot.PackageCache(tmp_path)
+    monkeypatch.setenv("ANALOGFF_KERNEL_CACHE_MB", "0")
+    assert aot.PackageCache(tmp_path).limit is None  # 0: no limit
 
 
 def test_cache_off_goes_back_to_torch_compile(monkeypatch):

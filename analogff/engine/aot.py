@@ -20,8 +20,13 @@ workers) never read half a file.
 
 Only the CPU uses packages (``Kernels`` keeps ``torch.compile`` on other devices: AOTInductor on a GPU
 is untested here). ``ANALOGFF_KERNEL_CACHE=off`` goes back to ``torch.compile``. The cache is only a
-cache: delete it any time (about 1.5 MB per package, a dozen per profile; every change to the
-engine's code adds a new set, the old ones are not removed).
+cache: delete it any time. A package is about 1.7 MB, all 16 profiles' about 60 MB, and every change
+to the engine's code (a new version, an edited device model) makes a new set; so the cache is kept
+under ``$ANALOGFF_KERNEL_CACHE_MB`` (default 512; 0: no limit): after it stores a new package it
+deletes the least recently used ones (a load marks a package used) down to 80 % of the limit, never
+one this process has loaded or one written in the last minute. A process that has loaded a package
+keeps running it when the file goes (the loader holds its own copy); one that finds it gone
+compiles it again.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import inspect
 import json
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +66,60 @@ def cache_dir() -> Path | None:
     if env.lower() in ("off", "0", "false", "no"):
         return None
     return Path(env).expanduser() if env else Path.home() / ".cache" / "analogff" / "kernels"
+
+
+_DEFAULT_LIMIT_MB = 512
+
+
+def limit_bytes() -> int | None:
+    """The cache's size limit from ``$ANALOGFF_KERNEL_CACHE_MB`` (default 512 MB; 0: none), bytes."""
+    env = os.environ.get("ANALOGFF_KERNEL_CACHE_MB", "").strip()
+    if not env:
+        return _DEFAULT_LIMIT_MB << 20
+    try:
+        mb = float(env)
+    except ValueError:
+        mb = float("nan")
+    if not mb >= 0:  # also NaN
+        raise ValueError(f"ANALOGFF_KERNEL_CACHE_MB={env!r}: give the kernel cache's size limit in MB, a number "
+                         f">= 0 (0: no limit; unset: {_DEFAULT_LIMIT_MB})")
+    return int(mb * (1 << 20)) if mb > 0 else None
+
+
+def prune(root: Path, limit: int, keep: set[Path] | frozenset[Path] = frozenset(), min_age_s: float = 60.0) -> list[Path]:
+    """Delete least recently used packages (by file time: written or last loaded) until the
+    packages under ``root`` take at most 80 % of ``limit`` bytes; nothing happens while they take
+    at most ``limit``. Packages in ``keep`` (this process's) or younger than ``min_age_s`` stay.
+    A temporary package that a killed compile left behind goes first, once it is an hour old.
+    Returns the deleted packages."""
+    now = time.time()
+    entries: list[tuple[float, Path, int]] = []
+    total = 0
+    for path in root.glob("*.pt2"):
+        try:
+            st = path.stat()
+        except OSError:  # deleted by another process meanwhile
+            continue
+        total += st.st_size
+        if path.name.startswith("tmp"):
+            if now - st.st_mtime > 3600:
+                entries.append((float("-inf"), path, st.st_size))
+        elif path not in keep and now - st.st_mtime >= min_age_s:
+            entries.append((st.st_mtime, path, st.st_size))
+    removed: list[Path] = []
+    if total <= limit:
+        return removed
+    for _, path, size in sorted(entries, key=lambda e: e[0]):
+        if total <= 0.8 * limit:
+            break
+        for q in (path, path.with_suffix(".json"), Path(str(path) + ".json")):
+            try:
+                q.unlink()
+            except OSError:
+                pass
+        total -= size
+        removed.append(path)
+    return removed
 
 
 _SOURCE_HASH: str | None = None
@@ -291,8 +351,10 @@ class PackageCache:
 
     def __init__(self, root: Path):
         self.root = root
+        self.limit = limit_bytes()
         self.plans: dict[Callable, _Plan] = {}
         self.loaded: dict[tuple, Package] = {}
+        self.paths: set[Path] = set()  # the packages this process loaded (never pruned by it)
 
     def __call__(self, fn: Callable, args: tuple, kwargs: dict[str, Any]):
         plan = self.plans.get(fn)
@@ -309,10 +371,19 @@ class PackageCache:
 
     def _load(self, call: _Call) -> Package:
         path = self.path(call)
+        self.paths.add(path)
         meta = path.with_suffix(".json")
         if path.exists() and meta.exists():
             try:
-                return Package(path, bool(json.loads(meta.read_text())["single"]))
-            except Exception:  # a broken file: compile it again below
+                pkg = Package(path, bool(json.loads(meta.read_text())["single"]))
+                try:
+                    os.utime(path)  # used now: the last to be pruned
+                except OSError:  # a read-only cache
+                    pass
+                return pkg
+            except Exception:  # a broken file (or one pruned meanwhile): compile it again below
                 pass
-        return Package(path, _compile(call, path))
+        pkg = Package(path, _compile(call, path))
+        if self.limit is not None:
+            prune(self.root, self.limit, self.paths)
+        return pkg
