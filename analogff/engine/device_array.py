@@ -268,10 +268,10 @@ class DeviceArray:
 
 
 def _put(t: Tensor, index: Tensor, v: Tensor) -> Tensor:
-    """``t`` with ``t.flat[index] = v``, written in place into the array's own tensor (an
-    out-of-place copy of a 784 x 500 array took 0.6-1 ms per write, a few per step on PCM's refresh
-    and on a transfer's writes onto C). In place bumps the tensor's version, which the pair's
-    cached difference checks; callers that keep the engine's tensors as snapshots must clone them
+    """``t`` with ``t.flat[index] = v``, written in place into the array's own tensor: no copy of
+    the whole array per write (a few per step on PCM's refresh and on a transfer's writes onto C).
+    In place bumps the tensor's version, which the pair's cached difference checks; callers that
+    keep the engine's tensors as snapshots must clone them
     (:meth:`analogff.engine.engine.TorchPulsedEngine.device_state` says so)."""
     if t.is_contiguous():
         t.view(-1).index_copy_(0, index, v)
