@@ -338,7 +338,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {"engine": "engine_speed.py", "sweep": "sweep_speed.py", "ff": "ff_mnist.py",
-              "agreement": "engine_agreement.py", "profile": "profile_step.py"}
+              "agreement": "engine_agreement.py", "profile": "profile_step.py", "kernels": "kernel_split.py",
+              "first-step": "first_step.py"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

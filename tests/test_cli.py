@@ -151,6 +151,12 @@ def test_fuzzed_flags_never_crash(argv, capsys, tmp_path_factory):
     assert not (out / "o").exists()
 
 
+@pytest.mark.parametrize("name", sorted(cli.BENCHMARKS))
+def test_every_benchmark_of_analogff_bench_exists_and_answers_help(name, capsys):
+    assert cli.main(["bench", name, "--help"]) == 0  # the script's own argparse help
+    assert f"usage: {cli.BENCHMARKS[name]}" in capsys.readouterr().out
+
+
 def test_help_of_every_command_is_complete(capsys):
     for cmd in ("run", "sweep", "report", "figures", "data", "bench"):
         with pytest.raises(SystemExit) as exc:
