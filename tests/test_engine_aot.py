@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import analogff.engine.kernels as engine_kernels
 from analogff.engine import aot
 from analogff.engine.cells.mixed_precision import _k_mp_prepare
 
@@ -210,6 +211,70 @@ def test_cache_off_goes_back_to_torch_compile(monkeypatch):
 def test_a_kernel_argument_that_cannot_be_compiled_is_a_clear_error(tmp_path):
     with pytest.raises(TypeError, match="argument y of type list"):
         aot.PackageCache(tmp_path)(lambda x, y: x, (torch.zeros(3, 3), [1]), {})
+
+
+_KERNEL_MODULE = '''
+import torch
+
+SCALE = {scale}
+
+
+def _helper(x):
+    """{doc}"""
+    return x * SCALE + {offset}  # {comment}
+
+
+def _unrelated(x):
+    return x - {other}
+
+
+def _k_demo(x):
+    return torch.relu(_helper(x))
+'''
+
+
+def _demo_digest(tmp_path, monkeypatch, **values) -> str:
+    """The code digest of ``_k_demo`` in a module written with ``values``, imported afresh."""
+    import importlib
+    import linecache
+
+    fields = {"scale": 2.0, "doc": "a helper", "offset": 1.0, "comment": "c", "other": 3.0, **values}
+    path = tmp_path / "kernel_demo.py"
+    path.write_text(_KERNEL_MODULE.format(**fields))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # rewrites within one second: no stale .pyc
+    sys.modules.pop("kernel_demo", None)
+    linecache.clearcache()  # nor stale source lines (same size, same mtime)
+    importlib.invalidate_caches()
+    mod = importlib.import_module("kernel_demo")
+    return aot._code_digest(mod._k_demo)
+
+
+def test_a_package_is_keyed_by_the_code_its_kernel_runs(tmp_path, monkeypatch):
+    """Editing a helper the kernel calls, in any module, or a constant it names makes a new
+    package; editing docstrings, comments or code the kernel does not run keeps it."""
+    base = _demo_digest(tmp_path, monkeypatch)
+    assert _demo_digest(tmp_path, monkeypatch, doc="other words", comment="another comment") == base
+    assert _demo_digest(tmp_path, monkeypatch, other=4.0) == base  # _unrelated: not run by the kernel
+    assert _demo_digest(tmp_path, monkeypatch, offset=1.5) != base  # the helper's code
+    assert _demo_digest(tmp_path, monkeypatch, scale=3.0) != base  # a constant the helper names
+
+
+def _k_attr(x):
+    return engine_kernels._bridge(x, x, x, x, x, x, x, x) * engine_kernels._BGK
+
+
+def test_names_reached_through_an_analogff_module_are_followed():
+    own, calls = aot._own_code(_k_attr)
+    assert engine_kernels._bridge in calls and b"engine_kernels._BGK=0.5826" in own
+
+
+def test_the_read_power_kernel_outside_the_engine_is_keyed_by_its_helper():
+    """analogff.crossbar._g_rel_sum (outside analogff/engine, whose files alone were once hashed)
+    calls _g_rel: both are in its digest, so editing either compiles a new package."""
+    from analogff import crossbar
+
+    assert crossbar._g_rel in aot._own_code(crossbar._g_rel_sum)[1]
 
 
 def test_the_source_digest_sees_code_not_comments_or_docstrings():

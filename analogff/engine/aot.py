@@ -8,8 +8,9 @@ AOTInductor into a ``.pt2`` package under ``~/.cache/analogff/kernels`` (``$ANAL
 and loads it with torch's C++ package loader (``torch._C._aoti.AOTIModelPackageLoader``): no Dynamo,
 no Inductor import, no tracing, and about 20 us of host time per call instead of Dynamo's guards.
 
-A package is one kernel for one *signature*: the code of every module of ``analogff/engine`` (a
-kernel calls helpers across them; docstrings and comments do not count), torch's version, the CPU's
+A package is one kernel for one *signature*: the code the kernel runs (its own and that of every
+helper it calls, in any module, with the constants they name; docstrings and comments do not count:
+:func:`_code_digest`), torch's version, the CPU's
 vector ISA and torch's thread count (inductor bakes both into the code), and per argument: a
 tensor's dtype, rank and which dims are 1 (the other dims are dynamic sizes), a float (a 0-d float64
 tensor input: it may change from call to call), or the value of a bool, int, string or of a float
@@ -21,7 +22,7 @@ workers) never read half a file.
 Only the CPU uses packages (``Kernels`` keeps ``torch.compile`` on other devices: AOTInductor on a GPU
 is untested here). ``ANALOGFF_KERNEL_CACHE=off`` goes back to ``torch.compile``. The cache is only a
 cache: delete it any time. A package is about 1.7 MB, all 16 profiles' about 60 MB, and every change
-to the engine's code (a new version, an edited device model) makes a new set; so the cache is kept
+to a kernel's code (a new version, an edited device model) makes new packages; so the cache is kept
 under ``$ANALOGFF_KERNEL_CACHE_MB`` (default 512; 0: no limit): after it stores a new package it
 deletes the least recently used ones (a load marks a package used) down to 80 % of the limit, never
 one this process has loaded or one written in the last minute. A process that has loaded a package
@@ -35,18 +36,18 @@ import ast
 import hashlib
 import inspect
 import json
+import marshal
 import os
 import tempfile
+import textwrap
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
-
-_ENGINE_DIR = Path(__file__).resolve().parent
-
 
 def static(*names: str) -> Callable[[Callable], Callable]:
     """Mark a kernel's float parameters that select code paths (``if res > 0:``): their values are
@@ -122,38 +123,85 @@ def prune(root: Path, limit: int, keep: set[Path] | frozenset[Path] = frozenset(
     return removed
 
 
-_SOURCE_HASH: str | None = None
+_CODE_DIGESTS: dict[Callable, str] = {}
+_OWN_CODE: dict[Callable, tuple[bytes, tuple[Callable, ...]]] = {}
+
+#: constants a kernel may name: their values go into its digest
+_CONSTANT_TYPES = (bool, int, float, complex, str, bytes, type(None))
 
 
-def _source_hash(root: Path) -> str:
-    """A digest of the code of every module of the engine (a kernel calls helpers in several of
-    them); comments and docstrings do not count, so editing them keeps the packages. Parsing the
-    modules takes a tenth of a second: the digest is remembered under ``root`` by the raw files' hash."""
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        paths = sorted(_ENGINE_DIR.rglob("*.py"))
-        texts = [(p.relative_to(_ENGINE_DIR).as_posix(), p.read_bytes()) for p in paths]
-        raw = hashlib.sha256(b"".join(name.encode() + b"\0" + data for name, data in texts)).hexdigest()[:16]
-        memo = root / "sources" / raw
-        try:
-            _SOURCE_HASH = memo.read_text().strip()
-        except OSError:
-            h = hashlib.sha256()
-            for name, data in texts:
-                h.update(name.encode())
-                h.update(_code_only(data.decode()).encode())
-            _SOURCE_HASH = h.hexdigest()[:16]
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=memo.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(_SOURCE_HASH)
-            os.replace(tmp, memo)
-    return _SOURCE_HASH
+def _code_digest(fn: Callable) -> str:
+    """A digest of the code a kernel runs: its own source and, recursively, that of every function
+    it names (helpers in any module: ``analogff.crossbar._g_rel_sum`` calls ``_g_rel``), with the
+    values of the constants it names (also as ``module.NAME`` of analogff's own modules) and the names
+    of the modules and classes it uses; docstrings
+    and comments do not count. So editing a kernel or a helper it calls makes a new package, and
+    editing anything else (the engine's python around the kernels) keeps them. A name bound to
+    anything else (an array, a dict) puts the whole source of the module that names it in the
+    digest. Remembered per function for the process."""
+    got = _CODE_DIGESTS.get(fn)
+    if got is None:
+        h = hashlib.sha256()
+        seen: set[Callable] = set()
+        todo = [fn]
+        while todo:
+            f = todo.pop()
+            if f not in seen:
+                seen.add(f)
+                own, calls = _own_code(f)
+                h.update(own)
+                todo.extend(calls)
+        got = _CODE_DIGESTS[fn] = h.hexdigest()[:16]
+    return got
+
+
+def _own_code(f: Callable) -> tuple[bytes, tuple[Callable, ...]]:
+    """One function's part of :func:`_code_digest`: its code and what its names are bound to, and
+    the functions it names."""
+    got = _OWN_CODE.get(f)
+    if got is not None:
+        return got
+    parts = [f"|{f.__module__}.{f.__qualname__}:".encode()]
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
+        names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)})
+        attrs = sorted({(n.value.id, n.attr) for n in ast.walk(tree)
+                        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)})
+        parts.append(_without_docstrings(tree).encode())
+    except (OSError, TypeError, SyntaxError):  # no source (or a lambda inside an expression): its bytecode
+        parts.append(marshal.dumps(f.__code__))
+        names, attrs = sorted(set(f.__code__.co_names)), []
+    bound = {name: f.__globals__[name] for name in names if name in f.__globals__}  # not locals, builtins
+    for base, attr in attrs:  # module.NAME of analogff's own modules: followed like a plain name
+        m = f.__globals__.get(base)
+        if isinstance(m, types.ModuleType) and m.__name__.split(".")[0] == "analogff" and hasattr(m, attr):
+            bound[f"{base}.{attr}"] = getattr(m, attr)
+    calls = []
+    for name, v in sorted(bound.items()):
+        if isinstance(v, types.FunctionType):
+            parts.append(f"|{name}->{v.__module__}.{v.__qualname__}".encode())
+            calls.append(v)
+        elif isinstance(v, types.ModuleType):
+            parts.append(f"|{name}=module {v.__name__}".encode())
+        elif isinstance(v, _CONSTANT_TYPES):
+            parts.append(f"|{name}={v!r}".encode())
+        elif isinstance(v, type) or getattr(v, "__module__", None) == "typing":
+            parts.append(f"|{name}={getattr(v, '__module__', '')}.{getattr(v, '__qualname__', repr(v))}".encode())
+        else:  # cannot tell what it holds: the whole module's code
+            module = inspect.getmodule(f)
+            parts.append(f"|{name}: module code ".encode())
+            parts.append(_code_only(inspect.getsource(module)).encode() if module is not None else repr(v).encode())
+    got = _OWN_CODE[f] = (b"".join(parts), tuple(calls))
+    return got
 
 
 def _code_only(source: str) -> str:
     """The module's syntax tree without docstrings, as text."""
-    tree = ast.parse(source)
+    return _without_docstrings(ast.parse(source))
+
+
+def _without_docstrings(tree: ast.AST) -> str:
+    """The syntax tree's text without its docstrings (the tree is changed)."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
@@ -259,8 +307,8 @@ class _Call:
                 parts.append(f"{part[0]}={part[2]!r}")
         return f"{self.fn.__module__}.{self.fn.__qualname__}({', '.join(parts)})"
 
-    def digest(self, root: Path) -> str:
-        text = f"{self.key_text()}|{_source_hash(root)}|{_platform()}"
+    def digest(self) -> str:
+        text = f"{self.key_text()}|{_code_digest(self.fn)}|{_platform()}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -367,7 +415,7 @@ class PackageCache:
         return pkg(call.inputs)
 
     def path(self, call: _Call) -> Path:
-        return self.root / f"{call.fn.__name__}-{call.digest(self.root)}.pt2"
+        return self.root / f"{call.fn.__name__}-{call.digest()}.pt2"
 
     def _load(self, call: _Call) -> Package:
         path = self.path(call)
