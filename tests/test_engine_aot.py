@@ -192,6 +192,28 @@ def test_a_new_package_prunes_the_cache_to_its_limit(root, tmp_path, monkeypatch
         aot._Call(aot._Plan(_k_mp_prepare), args, kw)).name])
 
 
+def test_the_first_compile_of_a_process_says_so_once(root, tmp_path, monkeypatch, capsys):
+    args, kw = _mp_args(64, 100, 0.02, seed=3)
+    aot.PackageCache(root)(_k_mp_prepare, args, kw)  # compiled by the tests above (or now, run alone)
+    built = aot.PackageCache(root).path(aot._Call(aot._Plan(_k_mp_prepare), args, kw))
+
+    def copy(call, path):  # stands in for compiling
+        path.write_bytes(built.read_bytes())
+        path.with_suffix(".json").write_text(built.with_suffix(".json").read_text())
+        return False
+
+    monkeypatch.setattr(aot, "_compile", copy)
+    monkeypatch.setattr(aot.PackageCache, "told", False)
+    capsys.readouterr()
+    cache = aot.PackageCache(tmp_path)
+    cache(_k_mp_prepare, args, kw)
+    cache(_k_mp_prepare, args, {"res": 0.0})  # a second package
+    err = capsys.readouterr().err
+    assert err.count("analogff: compiling device kernels for this machine") == 1 and str(tmp_path) in err
+    aot.PackageCache(tmp_path)(_k_mp_prepare, args, kw)  # loaded: nothing to say
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("value", ["lots", "-1", "nan"])
 def test_a_bad_cache_limit_is_a_one_line_error_naming_the_variable(tmp_path, monkeypatch, value):
     monkeypatch.setenv("ANALOGFF_KERNEL_CACHE_MB", value)

@@ -38,6 +38,7 @@ import inspect
 import json
 import marshal
 import os
+import sys
 import tempfile
 import textwrap
 import time
@@ -397,6 +398,8 @@ class PackageCache:
     """Packages by call signature: loaded from disk, or compiled and stored on first use. A package
     that does not load (a truncated or foreign file) is compiled again."""
 
+    told = False  #: whether this process has said that it compiles kernels
+
     def __init__(self, root: Path):
         self.root = root
         self.limit = limit_bytes()
@@ -431,6 +434,10 @@ class PackageCache:
                 return pkg
             except Exception:  # a broken file (or one pruned meanwhile): compile it again below
                 pass
+        if not PackageCache.told:  # the first compile of the process: say why the run pauses
+            PackageCache.told = True
+            print(f"analogff: compiling device kernels for this machine into {self.root} (seconds each, "
+                  "once per machine and kernel version)", file=sys.stderr, flush=True)
         pkg = Package(path, _compile(call, path))
         if self.limit is not None:
             prune(self.root, self.limit, self.paths)
