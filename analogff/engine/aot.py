@@ -10,8 +10,8 @@ no Inductor import, no tracing, and about 20 us of host time per call instead of
 
 A package is one kernel for one *signature*: the code the kernel runs (its own and that of every
 helper it calls, in any module, with the constants they name; docstrings and comments do not count:
-:func:`_code_digest`), torch's version, the CPU's
-vector ISA and torch's thread count (inductor bakes both into the code), and per argument: a
+:func:`_code_digest`), torch's version, the CPU's vector ISA and torch's thread count (inductor
+bakes both into the code), and per argument: a
 tensor's dtype, rank and which dims are 1 (the other dims are dynamic sizes), a float (a 0-d float64
 tensor input: it may change from call to call), or the value of a bool, int, string or of a float
 named in :func:`static` (those select code paths and are baked in). A new package is run once on its
