@@ -62,6 +62,16 @@ DENSE_LR = 0.01  # the normalized rule's lr of the dense regime
 IN = 784
 
 
+def bind_analogff() -> None:
+    """Import the analogff names this module's helpers use (after ``--threads`` is set, so in
+    :func:`main`; other benchmarks that reuse :func:`mnist_batch` or :func:`layer_error` call it too)."""
+    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, AnalogLayer
+    global adam_direction
+    from analogff.crossbar import Crossbar
+    from analogff.devices import list_devices, load_device
+    from analogff.ff import AnalogLayer, FFConfig, adam_direction, ff_loss_and_error, overlay_label
+
+
 def mnist_batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """[pos; neg] rows (2 * BATCH, 784): MNIST with the true / a wrong label overlaid."""
     try:
@@ -376,12 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or pick_threads()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    global Crossbar, list_devices, load_device, FFConfig, ff_loss_and_error, overlay_label, AnalogLayer
-    global adam_direction
-    from analogff.crossbar import Crossbar
-    from analogff.devices import list_devices, load_device
+    bind_analogff()
     from analogff.experiment import ExperimentConfig, keep_freed_memory
-    from analogff.ff import AnalogLayer, FFConfig, adam_direction, ff_loss_and_error, overlay_label
 
     keep_freed_memory()  # as the main job does (for every engine and the digital step alike)
 

@@ -31,12 +31,14 @@ import argparse
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
 
 def _bits_free(key, like, draws: int = 1):
     """Stand-in for :func:`analogff.engine.rng._bits`: the counter xor the key, no mixing."""
@@ -90,13 +92,12 @@ def _capture_step(profile: str) -> list[tuple[Callable, tuple, dict]]:
     """The kernel calls of one main-job step (after 4 untimed steps) of a 784 x 500 tile."""
     import torch
 
-    import analogff.ff as ff
     import engine_speed as es
     from analogff.crossbar import Crossbar
     from analogff.engine.kernels import Kernels
+    from analogff.ff import adam_direction
 
-    for n in ("overlay_label", "FFConfig", "ff_loss_and_error", "adam_direction", "AnalogLayer"):
-        setattr(es, n, getattr(ff, n))
+    es.bind_analogff()
     gen = torch.Generator().manual_seed(0)
     x, _ = es.mnist_batch(gen)
     w = (torch.rand(500, es.IN, generator=gen) * 2 - 1) / es.IN**0.5
@@ -112,7 +113,7 @@ def _capture_step(profile: str) -> list[tuple[Callable, tuple, dict]]:
         if onarray:
             eng.update(x, d, 0.01 / xbar.w_scale)
         else:
-            eng.update_rows(ff.adam_direction(m, v, t, d.T @ x), 1e-3 / xbar.w_scale)
+            eng.update_rows(adam_direction(m, v, t, d.T @ x), 1e-3 / xbar.w_scale)
 
     for t in range(1, 5):
         step(t)
@@ -134,16 +135,12 @@ def _capture_step(profile: str) -> list[tuple[Callable, tuple, dict]]:
 def _fresh(fn: Callable) -> Callable:
     """``fn`` with a new code object: torch.compile keys its cache on the code (and assumes the
     globals it was compiled with), so every call timed here gets its own compilation."""
-    import types
-
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def _without_random(fn: Callable) -> Callable:
     """``fn`` with the stand-in random numbers: a copy of its module's functions whose globals see
     :func:`_bits_free` and :func:`_unpack_free` (the engine's own functions are left as they are)."""
-    import types
-
     mod = sys.modules[fn.__module__]
     g = dict(mod.__dict__)
     for name, f in mod.__dict__.items():

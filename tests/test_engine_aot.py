@@ -169,21 +169,28 @@ def test_prune_deletes_the_least_recently_used_packages_down_to_80_percent(tmp_p
     assert sorted(p.name for p in tmp_path.glob("*.pt2")) == [old[5].name]
 
 
-def test_a_new_package_prunes_the_cache_to_its_limit(root, tmp_path, monkeypatch):
-    """After storing a package, the cache deletes the least recently used others down to 80 % of
-    ``$ANALOGFF_KERNEL_CACHE_MB``, never what this process loaded."""
-    args, kw = _mp_args(64, 100, 0.02, seed=3)
-    aot.PackageCache(root)(_k_mp_prepare, args, kw)  # compiled by the tests above (or now, run alone)
+def _compile_by_copying(root: Path, monkeypatch, args: tuple, kw: dict) -> Path:
+    """Make ``aot._compile`` store a copy of ``_k_mp_prepare``'s package for ``args`` from ``root``
+    (compiled by the tests above, or now when a test runs alone) instead of compiling; returns it."""
+    aot.PackageCache(root)(_k_mp_prepare, args, kw)
     built = aot.PackageCache(root).path(aot._Call(aot._Plan(_k_mp_prepare), args, kw))
-    size = built.stat().st_size
-    old = _fake_packages(tmp_path, [3000, 2000, 1000], size=size)
 
-    def copy(call, path):  # stands in for compiling: the package the tests above built
+    def copy(call, path):
         path.write_bytes(built.read_bytes())
         path.with_suffix(".json").write_text(built.with_suffix(".json").read_text())
         return False
 
     monkeypatch.setattr(aot, "_compile", copy)
+    return built
+
+
+def test_a_new_package_prunes_the_cache_to_its_limit(root, tmp_path, monkeypatch):
+    """After storing a package, the cache deletes the least recently used others down to 80 % of
+    ``$ANALOGFF_KERNEL_CACHE_MB``, never what this process loaded."""
+    args, kw = _mp_args(64, 100, 0.02, seed=3)
+    built = _compile_by_copying(root, monkeypatch, args, kw)
+    size = built.stat().st_size
+    old = _fake_packages(tmp_path, [3000, 2000, 1000], size=size)
     monkeypatch.setenv("ANALOGFF_KERNEL_CACHE_MB", str(3.5 * size / 2**20))  # room for three and a half
     cache = aot.PackageCache(tmp_path)
     _same(cache(_k_mp_prepare, args, kw), _k_mp_prepare(*args, **kw))
@@ -194,15 +201,7 @@ def test_a_new_package_prunes_the_cache_to_its_limit(root, tmp_path, monkeypatch
 
 def test_the_first_compile_of_a_process_says_so_once(root, tmp_path, monkeypatch, capsys):
     args, kw = _mp_args(64, 100, 0.02, seed=3)
-    aot.PackageCache(root)(_k_mp_prepare, args, kw)  # compiled by the tests above (or now, run alone)
-    built = aot.PackageCache(root).path(aot._Call(aot._Plan(_k_mp_prepare), args, kw))
-
-    def copy(call, path):  # stands in for compiling
-        path.write_bytes(built.read_bytes())
-        path.with_suffix(".json").write_text(built.with_suffix(".json").read_text())
-        return False
-
-    monkeypatch.setattr(aot, "_compile", copy)
+    _compile_by_copying(root, monkeypatch, args, kw)
     monkeypatch.setattr(aot.PackageCache, "told", False)
     capsys.readouterr()
     cache = aot.PackageCache(tmp_path)
