@@ -458,6 +458,9 @@ def run_one(cfg: ExperimentConfig, resume: bool = False,
     from .energy import EnergyModel, OpCounts, total_counts
 
     cfg.validate()
+    from .engine.aot import limit_bytes
+
+    limit_bytes()  # a bad $ANALOGFF_KERNEL_CACHE_MB stops the run here, not at its first compile
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     profile = _profile(cfg)

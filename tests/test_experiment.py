@@ -136,6 +136,17 @@ def test_missing_or_broken_profile_one_line_error(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_bad_kernel_cache_limit_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """$ANALOGFF_KERNEL_CACHE_MB is read when the first kernel compiles, deep in training; a bad
+    value must stop the run before its directory (the resume state) is written."""
+    monkeypatch.setenv("ANALOGFF_KERNEL_CACHE_MB", "lots")
+    out = tmp_path / "never"
+    assert main([*ARGS, "--methods", "analog_ff", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ANALOGFF_KERNEL_CACHE_MB='lots'" in err
+    assert not out.exists()
+
+
 def _comparable(res: dict) -> dict:
     out = {}
     for name, m in res["methods"].items():
